@@ -1,0 +1,173 @@
+"""The command line, driven as a user would: subprocesses and the LightningCLI in-process."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, run_cli, write_random_poison
+from fake_data import write_cifar10, write_cifar100, write_mnist, write_svhn
+from tb import read_scalars
+
+import unlearn
+import unlearn.data
+from unlearn.cli import run_lightning
+from unlearn.data import DigitsDataModule
+
+
+def test_help_lists_every_subcommand() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for name in ("fit", "validate", "test", "predict", "poison", "ud", "benchmark"):
+        assert f"  {name} " in result.stdout
+
+
+def test_version_matches_package() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"unlearn {unlearn.__version__}"
+
+
+def test_fit_help_shows_lightning_options() -> None:
+    result = run_cli("fit", "--help")
+    assert result.returncode == 0
+    assert "--print_config" in result.stdout and "--data" in result.stdout
+
+
+def _fit_configs() -> list[Path]:
+    configs = []
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        content = yaml.safe_load(path.read_text())
+        if isinstance(content, dict) and {"trainer", "model", "data"} <= set(content):
+            configs.append(path)
+    return configs
+
+
+def _fake_root(data_class: str, root: Path) -> None:
+    """Write a few samples in the format the config's data module reads."""
+    name = data_class.rsplit(".", 1)[-1]
+    if name in ("CIFAR10DataModule",):
+        write_cifar10(root, n_per_batch=8)
+    elif name == "CIFAR100DataModule":
+        write_cifar100(root, n=16)
+    elif name == "SVHNDataModule":
+        write_svhn(root, n=16)
+    elif name == "MNISTDataModule":
+        images = DigitsDataModule().train_source.images[:40, 0, 2:30, 2:30].numpy()
+        labels = DigitsDataModule().train_source.labels[:40].numpy()
+        write_mnist(root, images, labels, images[:8], labels[:8])
+
+
+@pytest.mark.parametrize("config", _fit_configs(), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_config_fits_one_batch(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_backbones: None
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    content = yaml.safe_load(config.read_text())
+    data_class = content["data"]["class_path"]
+    _fake_root(data_class, tmp_path / "data")
+    extra = []
+    if content["data"].get("init_args", {}).get("poison"):
+        data_module = getattr(unlearn.data, data_class.rsplit(".", 1)[-1])
+        poison = write_random_poison(data_module(root=tmp_path / "data"), tmp_path / "poison")
+        extra.append(f"--data.init_args.poison={poison}")
+    args = [
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.fast_dev_run=2",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--data.init_args.root={tmp_path / 'data'}",
+        "--data.init_args.num_workers=0",
+        "--data.init_args.batch_size=8",
+        *extra,
+    ]
+    cli = run_lightning(args)
+    metrics = cli.trainer.callback_metrics
+    assert math.isfinite(float(metrics["train/loss"]))
+    assert 0.0 <= float(metrics["val/acc"]) <= 1.0
+    assert cli.trainer.global_step == 2
+    # the number of classes and the image shape were linked from the data module
+    assert cli.model.hparams["num_classes"] == cli.datamodule.num_classes
+    assert tuple(cli.model.hparams["image_shape"]) == tuple(cli.datamodule.image_shape)
+
+
+def test_user_module_by_class_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    user_model = {"class_path": "user_models.TinyMLP", "init_args": {"hidden": 8}}
+    cli = run_lightning(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "quickstart.yaml"),
+            f"--model.init_args.model={yaml.safe_dump(user_model)}",
+            "--trainer.fast_dev_run=1",
+            "--trainer.accelerator=cpu",
+        ]
+    )
+    assert type(cli.model.model).__name__ == "TinyMLP"
+    assert cli.model.model.net[1].out_features == 8
+    assert "model" not in cli.model.hparams  # the module lives in the state dict, not hparams
+
+
+def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_cli(
+        "fit",
+        "--config",
+        "configs/cifar10/clean.yaml",
+        f"--data.init_args.root={tmp_path / 'nowhere'}",
+        "--data.init_args.download=false",
+        "--trainer.accelerator=cpu",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert str(tmp_path / "nowhere" / "cifar-10-batches-py" / "data_batch_1") in result.stderr
+    assert "download: true" in result.stderr
+
+
+def _quickstart(tmp_path: Path, *extra: str) -> Path:
+    result = run_cli(
+        "fit",
+        "--config",
+        str(REPO / "configs" / "quickstart.yaml"),
+        "--trainer.accelerator=cpu",
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        *extra,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path / "quickstart"
+
+
+@pytest.mark.slow
+def test_quickstart_reaches_90_percent(tmp_path: Path) -> None:
+    log_dir = _quickstart(tmp_path)
+    scalars = read_scalars(log_dir)
+    final_acc = scalars["val/acc"][-1][1]
+    assert final_acc >= 0.90
+    assert len(scalars["val/acc"]) == 8  # one validation per epoch
+    assert (log_dir / "version_0" / "config.yaml").is_file()  # the resolved config is saved
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_log_the_same_keys(tmp_path: Path) -> None:
+    limits = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=4"]
+    single = read_scalars(_quickstart(tmp_path / "single", *limits))
+    ddp = read_scalars(
+        _quickstart(
+            tmp_path / "ddp",
+            *limits,
+            "--trainer.strategy=ddp",
+            "--trainer.devices=2",
+        )
+    )
+    assert set(single) == set(ddp)
+    assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(ddp)
+    assert 0.0 <= ddp["val/acc"][-1][1] <= 1.0

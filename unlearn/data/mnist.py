@@ -1,0 +1,71 @@
+"""MNIST from the IDX files torchvision downloads (plain or gzipped)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision import datasets
+
+from unlearn.data.base import DataNotFoundError
+from unlearn.data.classification import ImageClassificationDataModule
+from unlearn.data.datasets import TensorImageSource
+
+_IDX_TYPES = {0x08: np.uint8}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (``.gz`` or plain) of unsigned bytes into an array of its shape."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says shape {shape} but holds {body.size} values")
+    return body.reshape(shape)
+
+
+class MNISTDataModule(ImageClassificationDataModule):
+    """MNIST: 1 x 28 x 28, 10 classes, 60k/10k, no augmentation.
+
+    Reads ``{root}/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``, the layout
+    torchvision writes.
+    """
+
+    name = "mnist"
+    num_classes = 10
+    image_shape = (1, 28, 28)
+
+    def fetch(self) -> None:
+        """Download with torchvision."""
+        datasets.MNIST(str(self.root), train=True, download=True)
+
+    def _find(self, stem: str) -> Path:
+        raw = self.root / "MNIST" / "raw"
+        for candidate in (raw / stem, raw / f"{stem}.gz"):
+            if candidate.is_file():
+                return candidate
+        raise DataNotFoundError(
+            f"MNISTDataModule: expected file '{raw / stem}' (or '.gz') was not found "
+            f"(root: '{self.root}'). Set `download: true` or place the four IDX files from "
+            "the MNIST page under root/MNIST/raw/."
+        )
+
+    def load_split(self, train: bool) -> TensorImageSource:
+        """Read the images and labels IDX files of one split."""
+        prefix = "train" if train else "t10k"
+        images = read_idx(self._find(f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(self._find(f"{prefix}-labels-idx1-ubyte"))
+        if images.ndim != 3 or labels.shape != (images.shape[0],):
+            raise ValueError(
+                f"MNIST {prefix}: images {images.shape} and labels {labels.shape} do not match"
+            )
+        return TensorImageSource(
+            torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+        )
