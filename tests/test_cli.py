@@ -171,3 +171,26 @@ def test_ddp_two_cpu_processes_log_the_same_keys(tmp_path: Path) -> None:
     assert set(single) == set(ddp)
     assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(ddp)
     assert 0.0 <= ddp["val/acc"][-1][1] <= 1.0
+
+
+def test_checkpoint_preset_adds_callbacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cli = run_lightning(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "quickstart.yaml"),
+            "--config",
+            str(REPO / "callbacks" / "checkpoint.yaml"),
+            "--trainer.max_epochs=2",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=2",
+            "--trainer.accelerator=cpu",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
+    names = {type(cb).__name__ for cb in cli.trainer.callbacks}
+    assert {"ModelCheckpoint", "EarlyStopping"} <= names
+    checkpoints = sorted(p.name for p in tmp_path.rglob("*.ckpt"))
+    assert "last.ckpt" in checkpoints
+    assert any(name.startswith("best-epoch") for name in checkpoints)
