@@ -132,6 +132,7 @@ def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def _quickstart(tmp_path: Path, *extra: str) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     result = run_cli(
         "fit",
         "--config",

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import unlearn
 from unlearn.data import BaseDataModule
 from unlearn.errors import UnlearnError
+from unlearn.io import write_json_atomic
 from unlearn.tasks import BaseTask
 
 #: subcommands that are not LightningCLI's, as "module:function" taking the remaining args
@@ -29,14 +32,48 @@ TRAINER_SUBCOMMANDS = {
 
 
 class UnlearnCLI(LightningCLI):
-    """LightningCLI that links the data set's shape and classes into the task."""
+    """LightningCLI that links the data set's shape and classes into the task.
+
+    ``fit --test_after_fit=true`` tests the final weights on the test split after training
+    and writes ``metrics.json`` (final validation and test metrics, seconds) into the run's
+    log directory: one command gives a finished, measured run (the benchmark uses this).
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Link ``data.num_classes`` and ``data.image_shape`` into the model's arguments."""
+        """Link the data set's classes and shape into the model; add ``--test_after_fit``."""
         for field in ("num_classes", "image_shape"):
             parser.link_arguments(
                 f"data.{field}", f"model.init_args.{field}", apply_on="instantiate"
             )
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="after fit, test the final weights and write metrics.json in the log dir",
+        )
+
+    def before_fit(self) -> None:
+        """Start the clock of the run."""
+        self._fit_started = time.perf_counter()
+
+    def after_fit(self) -> None:
+        """Test the final weights and record the metrics when ``--test_after_fit`` is set."""
+        if not self.config.get(self.subcommand, {}).get("test_after_fit", False):
+            return
+        fit_seconds = time.perf_counter() - self._fit_started
+        validation = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+        tested = self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+        if not self.trainer.is_global_zero:
+            return
+        record = {
+            "validation": validation,
+            "test": {k: float(v) for k, v in (tested[0] if tested else {}).items()},
+            "epochs": self.trainer.current_epoch,
+            "global_step": self.trainer.global_step,
+            "fit_seconds": fit_seconds,
+        }
+        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        write_json_atomic(log_dir / "metrics.json", record)
 
 
 def _import_task_modules() -> None:

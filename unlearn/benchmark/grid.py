@@ -1,0 +1,206 @@
+"""The benchmark grid: its specification, its cells, and the plain commands of each cell."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unlearn.errors import UnlearnError
+
+#: the method name that means "no poison" (the clean reference of every other method)
+CLEAN = "clean"
+#: the defense name that means "no defense"
+NO_DEFENSE = "none"
+
+
+@dataclass
+class BenchmarkSpec:
+    """What a benchmark runs: every combination of data x model x method x defense x seed.
+
+    Args:
+        name: the benchmark's name (default output directory ``runs/benchmark/<name>``).
+        train_configs: data set name -> the ``fit`` config that trains on it.
+        poison_configs: template of the ``poison`` config of a data set and method, with
+            ``{data}`` and ``{method}`` placeholders.
+        methods: poison methods; ``clean`` trains without poison and is the UD reference.
+        models: backbone names given to ``--model.init_args.model``.
+        defenses: defense name -> list of defense specs (``class_path``/``init_args``);
+            ``none`` maps to an empty list.
+        seeds: training seeds (``--seed_everything``); poisons use their config's own seed.
+        callbacks: callback presets added to every fit with ``--config`` (SAL by default).
+        fit_args: extra arguments of every ``fit`` command (e.g. ``--trainer.max_epochs=5``).
+        poison_args: extra arguments of every ``poison`` command.
+    """
+
+    name: str = "benchmark"
+    train_configs: dict[str, str] = field(default_factory=dict)
+    poison_configs: str = "configs/{data}/poison_{method}.yaml"
+    methods: list[str] = field(default_factory=lambda: [CLEAN])
+    models: list[str] = field(default_factory=lambda: ["small_cnn"])
+    defenses: dict[str, list[dict]] = field(default_factory=lambda: {NO_DEFENSE: []})
+    seeds: list[int] = field(default_factory=lambda: [0])
+    callbacks: list[str] = field(default_factory=lambda: ["callbacks/sal.yaml"])
+    fit_args: list[str] = field(default_factory=list)
+    poison_args: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        """Refuse an empty or inconsistent grid with a message naming the field."""
+        if not self.train_configs:
+            raise UnlearnError("benchmark: 'train_configs' is empty; map a data name to a config")
+        for key in ("methods", "models", "defenses", "seeds"):
+            if not getattr(self, key):
+                raise UnlearnError(f"benchmark: '{key}' is empty")
+        if CLEAN not in self.methods:
+            raise UnlearnError(
+                f"benchmark: 'methods' must include '{CLEAN}', the reference UD is measured "
+                f"against; found {self.methods}"
+            )
+        for name, path in self.train_configs.items():
+            if not Path(path).is_file():
+                raise UnlearnError(f"benchmark: train_configs.{name}: file '{path}' not found")
+        for path in self.callbacks:
+            if not Path(path).is_file():
+                raise UnlearnError(f"benchmark: callbacks: file '{path}' not found")
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    """One run of the grid."""
+
+    data: str
+    model: str
+    defense: str
+    seed: int
+    method: str
+
+    @property
+    def id(self) -> str:
+        """Directory-safe name, e.g. ``digits__small_cnn__em__none__s0``."""
+        return f"{self.data}__{self.model}__{self.method}__{self.defense}__s{self.seed}"
+
+    def reference(self) -> Cell:
+        """The clean cell of the same data, model, defense and seed."""
+        return Cell(self.data, self.model, self.defense, self.seed, CLEAN)
+
+    def keys(self) -> dict[str, str | int]:
+        """The grid keys as a row."""
+        return {
+            "data": self.data,
+            "model": self.model,
+            "method": self.method,
+            "defense": self.defense,
+            "seed": self.seed,
+        }
+
+
+class Layout:
+    """Where a benchmark keeps its files under ``root``.
+
+    ``poisons/<data>__<method>__<hash>/`` (shared by every cell that uses that poison),
+    ``cells/<cell id>/run/`` (the fit's log directory: ``metrics.json``, ``sal.csv``,
+    TensorBoard events), ``cells/<cell id>/fit.log``, ``cells/<cell id>/error.json``.
+    """
+
+    def __init__(self, root: Path, spec: BenchmarkSpec, python: str = sys.executable) -> None:
+        self.root = root
+        self.spec = spec
+        self.python = python
+
+    def cells(self) -> list[Cell]:
+        """Every cell, clean references first within each (data, model, defense, seed)."""
+        spec = self.spec
+        order = {m: (0 if m == CLEAN else 1, i) for i, m in enumerate(spec.methods)}
+        cells = [
+            Cell(data, model, defense, seed, method)
+            for data in spec.train_configs
+            for model in spec.models
+            for defense in spec.defenses
+            for seed in spec.seeds
+            for method in spec.methods
+        ]
+        return sorted(cells, key=lambda c: (c.data, c.model, c.defense, c.seed, order[c.method]))
+
+    def cell_dir(self, cell: Cell) -> Path:
+        """The cell's directory."""
+        return self.root / "cells" / cell.id
+
+    def run_dir(self, cell: Cell) -> Path:
+        """The fit's log directory."""
+        return self.cell_dir(cell) / "run"
+
+    def metrics_file(self, cell: Cell) -> Path:
+        """Written by ``fit --test_after_fit`` when the cell has finished."""
+        return self.run_dir(cell) / "metrics.json"
+
+    def sal_file(self, cell: Cell) -> Path:
+        """The SAL log of the cell's run."""
+        return self.run_dir(cell) / "sal.csv"
+
+    def error_file(self, cell: Cell) -> Path:
+        """Written when the cell failed."""
+        return self.cell_dir(cell) / "error.json"
+
+    def poison_config(self, cell: Cell) -> Path:
+        """The poison config of the cell's data and method."""
+        return Path(self.spec.poison_configs.format(data=cell.data, method=cell.method))
+
+    def poison_dir(self, cell: Cell) -> Path | None:
+        """The poison store of the cell (``None`` for clean cells), keyed by content hash."""
+        if cell.method == CLEAN:
+            return None
+        config = self.poison_config(cell)
+        if not config.is_file():
+            raise UnlearnError(
+                f"benchmark: poison config '{config}' for data '{cell.data}' and method "
+                f"'{cell.method}' not found (template: '{self.spec.poison_configs}')"
+            )
+        digest = hashlib.sha256(config.read_bytes())
+        digest.update(json.dumps(self.spec.poison_args).encode())
+        return self.root / "poisons" / f"{cell.data}__{cell.method}__{digest.hexdigest()[:12]}"
+
+    def poison_command(self, cell: Cell) -> list[str] | None:
+        """``python -m unlearn poison ...`` for the cell's poison (``None`` when clean)."""
+        directory = self.poison_dir(cell)
+        if directory is None:
+            return None
+        return [
+            self.python, "-m", "unlearn", "poison",
+            "--config", str(self.poison_config(cell)),
+            "--output_dir", str(directory),
+            *self.spec.poison_args,
+        ]  # fmt: skip
+
+    def fit_command(self, cell: Cell) -> list[str]:
+        """``python -m unlearn fit ...`` that trains, tests and measures SAL for the cell."""
+        spec = self.spec
+        logger = {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": str(self.cell_dir(cell)), "name": "", "version": "run"},
+        }
+        command = [self.python, "-m", "unlearn", "fit", "--config", spec.train_configs[cell.data]]
+        for preset in spec.callbacks:
+            command += ["--config", preset]
+        command += [
+            *spec.fit_args,
+            f"--model.init_args.model={cell.model}",
+            f"--seed_everything={cell.seed}",
+            f"--trainer.logger={json.dumps(logger)}",
+            f"--trainer.default_root_dir={self.cell_dir(cell)}",
+            "--test_after_fit=true",
+        ]
+        poison = self.poison_dir(cell)
+        if poison is not None:
+            command.append(f"--data.init_args.poison={poison}")
+        defenses = spec.defenses[cell.defense] or []
+        if defenses:
+            command.append(f"--model.init_args.defenses={json.dumps(defenses)}")
+        return command
+
+
+def shell_line(command: list[str]) -> str:
+    """A command as one line a shell runs as is."""
+    return shlex.join(command)

@@ -1,0 +1,319 @@
+"""Collect a benchmark's finished cells into ``results.csv``, ``report.md`` and figures."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unlearn.benchmark.grid import CLEAN, Cell, Layout
+from unlearn.benchmark.runner import load_json
+from unlearn.errors import UnlearnError
+from unlearn.io import write_text_atomic
+from unlearn.sharpness.ud import SalTable, ud
+
+#: UD threshold variants, as ``(column suffix, label)``; "" is the 2-means beta
+THRESHOLDS = (("", "2-means"), ("_3means", "3-means"), ("_p50", "p50"), ("_p75", "p75"),
+              ("_p90", "p90"))  # fmt: skip
+KEY_COLUMNS = ["data", "model", "method", "defense", "seed"]
+RESULT_COLUMNS = [
+    *KEY_COLUMNS,
+    "status",
+    "test_acc",
+    "test_loss",
+    "val_acc",
+    "epochs",
+    "ud",
+    "ud_weighted",
+    "lp_clean",
+    "lp_poisoned",
+    "beta",
+    *[f"ud{suffix}" for suffix, _ in THRESHOLDS[1:]],
+    *[f"beta{suffix}" for suffix, _ in THRESHOLDS[1:]],
+    "fit_seconds",
+    "poison_seconds",
+    "error",
+]
+
+
+def _sal_table(layout: Layout, cell: Cell) -> SalTable | None:
+    path = layout.sal_file(cell)
+    if not path.is_file():
+        return None
+    try:
+        return SalTable.read(path)
+    except UnlearnError:
+        return None
+
+
+def collect(layout: Layout) -> list[dict[str, Any]]:
+    """One row per cell: grid keys, metrics, UD against the clean cell, seconds, status."""
+    rows = []
+    tables = {cell: _sal_table(layout, cell) for cell in layout.cells()}
+    for cell in layout.cells():
+        row: dict[str, Any] = {column: "" for column in RESULT_COLUMNS}
+        row.update(cell.keys())
+        metrics = load_json(layout.metrics_file(cell))
+        error = load_json(layout.error_file(cell))
+        if metrics is None:
+            row["status"] = "failed" if error else "pending"
+            if error:
+                last = error.get("output", "").strip().splitlines() or [
+                    f"exit {error.get('returncode')}"
+                ]
+                row["error"] = f"{error.get('step')}: {last[-1]}"
+            rows.append(row)
+            continue
+        row["status"] = "ok"
+        row["test_acc"] = metrics["test"].get("test/acc", "")
+        row["test_loss"] = metrics["test"].get("test/loss", "")
+        row["val_acc"] = metrics["validation"].get("val/acc", "")
+        row["epochs"] = metrics.get("epochs", "")
+        row["fit_seconds"] = round(metrics.get("fit_seconds", math.nan), 1)
+        poison = layout.poison_dir(cell) if cell.method != CLEAN else None
+        if poison is not None:
+            timing = load_json(poison.parent / f"{poison.name}.seconds.json")
+            row["poison_seconds"] = round(timing["seconds"], 1) if timing else ""
+        clean, mine = tables.get(cell.reference()), tables.get(cell)
+        if clean is not None and mine is not None:
+            try:
+                measured = ud(clean, mine)
+            except UnlearnError as err:
+                row["error"] = f"ud: {err}"
+            else:
+                row.update({k: measured[k] for k in ("ud", "ud_weighted", "lp_clean",
+                                                     "lp_poisoned", "beta")})  # fmt: skip
+                for suffix, _ in THRESHOLDS[1:]:
+                    row[f"ud{suffix}"] = measured.get(f"ud{suffix}", "")
+                    row[f"beta{suffix}"] = measured.get(f"beta{suffix}", "")
+        rows.append(row)
+    return rows
+
+
+def write_results_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write the rows with :data:`RESULT_COLUMNS` (atomically)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt_cell(row.get(k, "")) for k in RESULT_COLUMNS})
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _fmt_cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def _numbers(rows: Sequence[dict[str, Any]], key: str) -> list[float]:
+    out = []
+    for row in rows:
+        value = row.get(key, "")
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out.append(float(value))
+    return out
+
+
+def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+    """``"m ± s"`` over seeds (``±`` omitted for one value, ``-`` for none)."""
+    if not values:
+        return "-"
+    mean = statistics.fmean(values) * scale
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def spearman(rows: Sequence[dict[str, Any]]) -> tuple[float, float, int]:
+    """Spearman's rho between UD and test accuracy over cells with both, its p-value, n."""
+    from scipy.stats import spearmanr
+
+    pairs = [
+        (row["ud"], row["test_acc"])
+        for row in rows
+        if isinstance(row.get("ud"), float) and math.isfinite(row["ud"])
+        and isinstance(row.get("test_acc"), float)
+    ]  # fmt: skip
+    if len(pairs) < 3:
+        return math.nan, math.nan, len(pairs)
+    ud_values, acc_values = zip(*pairs, strict=True)
+    if len(set(ud_values)) < 2 or len(set(acc_values)) < 2:
+        return math.nan, math.nan, len(pairs)
+    result = spearmanr(ud_values, acc_values)
+    return float(result.statistic), float(result.pvalue), len(pairs)
+
+
+def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["data"], row["model"], row["method"], row["defense"])].append(row)
+    return groups
+
+
+def markdown_report(
+    name: str, rows: list[dict[str, Any]], figures: Sequence[str], spec_methods: Sequence[str]
+) -> str:
+    """The ``report.md`` text."""
+    groups = _groups(rows)
+    defenses = list(dict.fromkeys(row["defense"] for row in rows))
+    settings = list(dict.fromkeys((row["data"], row["model"]) for row in rows))
+    seeds = sorted({row["seed"] for row in rows})
+    done = sum(row["status"] == "ok" for row in rows)
+    lines = [f"# Benchmark report: {name}", ""]
+    lines.append(
+        f"{done} of {len(rows)} cells finished; seeds {seeds}. Test accuracy (%) of the final "
+        "model on the clean test split and UD against the clean run of the same data, model, "
+        "defense and seed, mean ± std over seeds. UD ~ 1: as learnable as clean data; ~ 0: "
+        "unlearnable; > 1: learns, but other (wrong) features."
+    )
+    for data, model in settings:
+        lines += ["", f"## {data}, {model}: test accuracy (%) | UD", ""]
+        lines.append("| method | " + " | ".join(defenses) + " |")
+        lines.append("|---|" + "---|" * len(defenses))
+        for method in spec_methods:
+            cells = []
+            for defense in defenses:
+                group = groups.get((data, model, method, defense), [])
+                acc = mean_std(_numbers(group, "test_acc"), scale=100, digits=1)
+                ud_text = mean_std(_numbers(group, "ud"))
+                cells.append(f"{acc} \\| {ud_text}")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    rho, p, n = spearman(rows)
+    lines += ["", "## Correlation of UD and test accuracy", ""]
+    if math.isnan(rho):
+        lines.append(f"Not enough varied cells with both values (n = {n}).")
+    else:
+        lines.append(
+            f"Spearman's rho = {rho:.3f} (p = {p:.3g}, n = {n} cells). A positive rho means "
+            "runs that keep more learnable layers also reach higher clean accuracy."
+        )
+    lines += ["", "## Threshold robustness: UD under other thresholds (mean over seeds)", ""]
+    lines.append(
+        "| data | model | method | defense | " + " | ".join(t for _, t in THRESHOLDS) + " |"
+    )
+    lines.append("|---|---|---|---|" + "---|" * len(THRESHOLDS))
+    for (data, model, method, defense), group in groups.items():
+        if method == CLEAN:
+            continue
+        values = [mean_std(_numbers(group, f"ud{suffix}")) for suffix, _ in THRESHOLDS]
+        lines.append(f"| {data} | {model} | {method} | {defense} | " + " | ".join(values) + " |")
+    failed = [row for row in rows if row["status"] == "failed"]
+    if failed:
+        lines += ["", "## Failed cells", ""]
+        for row in failed:
+            cell_id = "__".join(str(row[k]) for k in KEY_COLUMNS)
+            lines.append(f"- `{cell_id}`: {row['error']}")
+    if figures:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{Path(f).stem}]({f})" for f in figures]
+    seconds = _numbers(rows, "fit_seconds")
+    if seconds:
+        lines += [
+            "",
+            f"Training time: {sum(seconds) / 60:.1f} min in all (fit incl. SAL and test).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def make_figures(layout: Layout, rows: list[dict[str, Any]], out_dir: Path) -> list[str]:
+    """Write ``ud_bars.png``, ``ud_curves.png`` and ``sal_heatmaps.png``; return their names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    groups = _groups(rows)
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != CLEAN))
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    settings = list(dict.fromkeys((r["data"], r["model"]) for r in rows))
+    if not methods or not any(_numbers(rows, "ud")):
+        return names
+    data, model = settings[0]
+
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(methods), 3.2))
+    width = 0.8 / len(defenses)
+    for j, defense in enumerate(defenses):
+        means, stds = [], []
+        for method in methods:
+            values = _numbers(groups.get((data, model, method, defense), []), "ud")
+            means.append(statistics.fmean(values) if values else np.nan)
+            stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+        x = np.arange(len(methods)) + (j - (len(defenses) - 1) / 2) * width
+        ax.bar(x, means, width, yerr=stds, capsize=3, label=defense)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(np.arange(len(methods)), methods)
+    ax.set_ylabel("UD")
+    ax.set_title(f"UD per method ({data}, {model})")
+    ax.legend(title="defense", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "ud_bars.png", dpi=120)
+    plt.close(fig)
+    names.append("ud_bars.png")
+
+    reference = [
+        c for c in layout.cells() if c.method == CLEAN and (c.data, c.model) == (data, model)
+    ]
+    reference = [c for c in reference if layout.sal_file(c).is_file()]
+    if not reference:
+        return names
+    clean_cell = reference[0]
+    clean = SalTable.read(layout.sal_file(clean_cell))
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for method in methods:
+        cell = Cell(clean_cell.data, clean_cell.model, clean_cell.defense, clean_cell.seed, method)
+        if not layout.sal_file(cell).is_file():
+            continue
+        poisoned = SalTable.read(layout.sal_file(cell))
+        steps = min(len(clean.checkpoints), len(poisoned.checkpoints))
+        curve = [ud(clean, poisoned, t)["ud"] for t in range(1, steps + 1)]
+        ax.plot(range(1, steps + 1), curve, marker="o", ms=3, label=method)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("checkpoint")
+    ax.set_ylabel("UD(t)")
+    ax.set_title(f"UD over training (defense {clean_cell.defense}, seed {clean_cell.seed})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "ud_curves.png", dpi=120)
+    plt.close(fig)
+    names.append("ud_curves.png")
+
+    panels = [(CLEAN, clean)]
+    for method in methods:
+        cell = Cell(clean_cell.data, clean_cell.model, clean_cell.defense, clean_cell.seed, method)
+        if layout.sal_file(cell).is_file():
+            panels.append((method, SalTable.read(layout.sal_file(cell))))
+    vmax = max(float(np.abs(t.aligned(clean.layers)).max()) for _, t in panels) or 1.0
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels) + 1, 3.4), squeeze=False)
+    for ax, (method, table) in zip(axes[0], panels, strict=True):
+        image = ax.imshow(table.aligned(clean.layers).T, aspect="auto", cmap="magma", vmin=0,
+                          vmax=vmax)  # fmt: skip
+        ax.set_title(method, fontsize=9)
+        ax.set_xlabel("checkpoint")
+        ax.set_yticks([])
+    axes[0][0].set_ylabel("layer (input → output)")
+    fig.colorbar(image, ax=axes[0].tolist(), label="SAL")
+    fig.savefig(out_dir / "sal_heatmaps.png", dpi=120)
+    plt.close(fig)
+    names.append("sal_heatmaps.png")
+    return names
+
+
+def write_report(layout: Layout) -> Path:
+    """Collect the cells and write ``results.csv``, the figures and ``report.md``."""
+    rows = collect(layout)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    write_results_csv(rows, layout.root / "results.csv")
+    figures = make_figures(layout, rows, layout.root)
+    text = markdown_report(layout.spec.name, rows, figures, layout.spec.methods)
+    path = layout.root / "report.md"
+    write_text_atomic(path, text)
+    return path
