@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from unlearn.defenses.base import Defense
+from unlearn.defenses.base import Defense, apply_defenses
 from unlearn.models import build_model
 from unlearn.tasks.base import BaseTask
 
@@ -90,24 +90,16 @@ class ClassificationTask(BaseTask):
         return F.cross_entropy(logits, targets, reduction="none")
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """Apply the defenses' hooks, then the loss (the first defense that supplies one)."""
-        images, targets = batch["image"], batch["label"]
-        for defense in self.defenses:
-            images = defense.transform_images(images)
-        for defense in self.defenses:
-            images, targets = defense.mix(images, targets, self.hparams["num_classes"])
-        result = None
-        for defense in self.defenses:
-            result = defense.training_loss(
-                self.model, images, targets, self.per_sample_loss, self.current_epoch
-            )
-            if result is not None:
-                break
-        if result is None:
-            logits = self.model(images)
-            loss = self.criterion(logits, targets)
-        else:
-            loss, logits = result
+        """The defenses' hooks (see :func:`unlearn.defenses.base.apply_defenses`), then the loss."""
+        loss, logits, targets = apply_defenses(
+            self.defenses,
+            self.model,
+            batch["image"],
+            batch["label"],
+            self.per_sample_loss,
+            self.current_epoch,
+            self.hparams["num_classes"],
+        )
         hard = targets.argmax(dim=1) if targets.ndim == 2 else targets
         self.train_metrics.update(logits.detach(), hard)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
