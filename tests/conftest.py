@@ -10,14 +10,16 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: on a 2-core runner, 2 threads per process spin-wait against the subprocesses
+# and DDP ranks the tests start (a 20x slowdown was measured under load).
+torch.set_num_threads(1)
 
 
 def run_cli(
     *args: str, cwd: Path | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess:
     """Run ``python -m unlearn ARGS`` in a subprocess; return the completed process."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "unlearn", *args],
         cwd=cwd or REPO,

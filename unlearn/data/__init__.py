@@ -8,8 +8,10 @@ from unlearn.data.digits import DigitsDataModule
 from unlearn.data.folder import ImageFolderDataModule
 from unlearn.data.mnist import MNISTDataModule
 from unlearn.data.svhn import SVHNDataModule
+from unlearn.data.taskonomy import TINY_SPLIT, TaskonomyDataModule, TaskonomyDataset
 
 __all__ = [
+    "TINY_SPLIT",
     "BaseDataModule",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
@@ -22,5 +24,7 @@ __all__ = [
     "MNISTDataModule",
     "PoisonOverlay",
     "SVHNDataModule",
+    "TaskonomyDataModule",
+    "TaskonomyDataset",
     "TensorImageSource",
 ]
