@@ -1,0 +1,277 @@
+"""Cost of one SAL evaluation, counted and measured, and its agreement with the published one.
+
+For a model and data set size N it prints, per checkpoint:
+
+- forward/backward sample-passes of one SAL evaluation under (a) the published procedure
+  (every iteration one SGD pass over the whole training set, batch 256, then a separate
+  evaluation pass of each direction's model), (b) ours (probe subset, frozen part cached,
+  evaluation passes saved where the probe is one batch) and (c) the first-order estimate;
+- the same as training-epoch equivalents, two ways: *whole passes* (every forward or
+  backward pass over a sample counts as a whole model pass; a backward counts 2 forwards, so
+  an SGD step on a sample is 3 units, an evaluation 1, and a training epoch 3N) and
+  *FLOP-weighted* (each pass counted by the FLOPs it really costs, measured with
+  ``torch.utils.flop_counter.FlopCounterMode``: a pass over only the layers after the
+  measured one, a backward that stops at the measured layer; an epoch is N training steps);
+- with ``--agreement``: on a trained quickstart checkpoint, the Spearman rank agreement of
+  (b) in several settings and of (c) with (a), and the seconds each took.
+
+Examples::
+
+    python benchmarks/sal_cost.py --setting cifar --model resnet18          # counts only
+    python benchmarks/sal_cost.py --setting cifar --model small_cnn --time  # + seconds of (b)
+    python benchmarks/sal_cost.py --setting quickstart --agreement          # (a) vs (b), (c)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from unlearn.models import build_model
+from unlearn.sharpness import SALSettings, compute_sal, first_order_sal, measured_layers, spearman
+from unlearn.sharpness.prefix_cache import FullRunner, SuffixRunner, trace
+
+PUBLISHED_BATCH = 256
+
+
+def flops(fn) -> int:
+    """FLOPs of calling ``fn()`` (matmuls and convolutions, forward and backward)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@dataclass
+class LayerFlops:
+    """Per-sample FLOPs of the passes SAL makes for one layer."""
+
+    prefix_fwd: float  # frozen part, once per probe sample
+    suffix_fwd: float  # evaluation pass (suffix only)
+    suffix_step: float  # SGD step: suffix forward + backward down to the weight
+    full_step: float  # published SGD step: whole forward + backward down to the weight
+    cached: bool
+
+
+def layer_flops(model: nn.Module, gm, name: str, x: torch.Tensor, y: torch.Tensor) -> LayerFlops:
+    """Per-sample FLOPs of the passes SAL makes for layer ``name`` on the batch ``x``."""
+    b = len(y)
+    w = model.get_submodule(name).weight.detach().clone().requires_grad_()
+    full = FullRunner(model, f"{name}.weight")
+    runner = SuffixRunner.build(gm, name) or full
+    with torch.no_grad():
+        prefix = flops(lambda: runner.prepare(x)) / b if runner.cached else 0.0
+        state = runner.prepare(x)
+        fwd = flops(lambda: runner(w, state)) / b
+
+    def step(r, s) -> None:
+        torch.autograd.grad(F.cross_entropy(r(w, s), y), w)
+
+    return LayerFlops(
+        prefix_fwd=prefix,
+        suffix_fwd=fwd,
+        suffix_step=flops(lambda: step(runner, state)) / b,
+        full_step=flops(lambda: step(full, x)) / b,
+        cached=runner.cached,
+    )
+
+
+def per_sample_flops(model: nn.Module, shape: tuple[int, int, int], classes: int) -> tuple:
+    """Per-sample FLOPs: full forward, training step, and each layer's SAL passes."""
+    model.eval()
+    b = 2
+    x = torch.rand(b, *shape)
+    y = torch.randint(0, classes, (b,))
+    full_fwd = flops(lambda: model(x)) / b
+
+    def train_step() -> None:
+        F.cross_entropy(model(x), y).backward()
+
+    train = flops(train_step) / b
+    model.zero_grad(set_to_none=True)
+    gm = trace(model)
+    layers = {name: layer_flops(model, gm, name, x, y) for name in measured_layers(model)}
+    return full_fwd, train, layers
+
+
+def count(n: int, probe: int, batch: int, steps: int, settings: SALSettings, per_sample: tuple):
+    """Sample-pass counts and FLOPs of (a), (b), (c); returns a dict of figures."""
+    full_fwd, train, layers = per_sample
+    k, n_layers = settings.iters, len(layers)
+    published_steps = n // PUBLISHED_BATCH * PUBLISHED_BATCH  # drop_last=True
+    # (a): per layer and direction, per iteration: an SGD pass and an evaluation pass
+    a_flops = sum(2 * k * published_steps * (lf.full_step + full_fwd) for lf in layers.values())
+    a_passes = n_layers * 2 * k * published_steps * (3 + 1)
+    single = batch >= probe
+    evals = 1 if single else k
+    b_flops = probe * full_fwd  # L0 and acc0, shared by all layers
+    for lf in layers.values():
+        b_flops += probe * lf.prefix_fwd + 2 * batch * lf.suffix_fwd  # cache + check
+        b_flops += 2 * (k * steps * batch * lf.suffix_step + evals * probe * lf.suffix_fwd)
+    b_passes = probe * 1 + n_layers * (probe + 2 * batch)
+    b_passes += n_layers * 2 * (k * steps * batch * 3 + evals * probe)
+    c_flops, c_passes = probe * train, probe * 3
+    epoch_flops, epoch_passes = n * train, n * 3
+    return {
+        "a": (a_passes, a_passes / epoch_passes, a_flops / epoch_flops),
+        "b": (b_passes, b_passes / epoch_passes, b_flops / epoch_flops),
+        "c": (c_passes, c_passes / epoch_passes, c_flops / epoch_flops),
+    }
+
+
+def print_counts(title: str, figures: dict) -> None:
+    print(f"  {title}")
+    names = {"a": "(a) published", "b": "(b) ours exact", "c": "(c) first-order"}
+    print(f"    {'':18} {'sample-pass units':>18} {'epochs (whole)':>15} {'epochs (FLOPs)':>15}")
+    for key, (passes, whole, weighted) in figures.items():
+        print(f"    {names[key]:18} {passes:18,.0f} {whole:15.2f} {weighted:15.2f}")
+
+
+def train_quickstart(epochs: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The quickstart checkpoint: small CNN on the digits training split, plain SGD."""
+    from unlearn.data.digits import load_digits_split
+
+    source = load_digits_split(train=True)
+    x = source.images.float() / 255.0
+    y = source.labels
+    torch.manual_seed(seed)
+    model = build_model("small_cnn", 10, (1, 32, 32))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y)).split(64):
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval(), x, y
+
+
+def batches_of(x: torch.Tensor, y: torch.Tensor, size: int) -> list:
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
+
+
+def agreement(args: argparse.Namespace) -> None:
+    """Spearman agreement of (b) settings and (c) with (a) on quickstart checkpoints."""
+    base = SALSettings()
+    for epochs in args.checkpoints:
+        model, x, y = train_quickstart(epochs)
+        n = len(y) // PUBLISHED_BATCH * PUBLISHED_BATCH
+        g = torch.Generator().manual_seed(0)
+        order = torch.randperm(len(y), generator=g)
+        full = batches_of(x[order[:n]], y[order[:n]], PUBLISHED_BATCH)
+        t0 = time.perf_counter()
+        ref = compute_sal(model, full, settings=base)
+        a_sal = np.array([r.sal for r in ref])
+        print(
+            f"\ncheckpoint after {epochs} epoch(s); (a) on N={n}: {time.perf_counter() - t0:.1f} s"
+        )
+        print(f"  (a) SAL: {np.array2string(a_sal, precision=3)}")
+        probe_idx = order[: args.probe]
+        px, py = x[probe_idx], y[probe_idx]
+        for batch, steps in args.grid:
+            s = replace(base, steps_per_iter=steps)
+            t0 = time.perf_counter()
+            res = compute_sal(model, batches_of(px, py, batch), settings=s)
+            sec = time.perf_counter() - t0
+            b_sal = np.array([r.sal for r in res])
+            ratio = np.median(b_sal / np.where(a_sal == 0, np.nan, a_sal))
+            print(
+                f"  (b) probe {args.probe} batch {batch:4} steps/iter {steps:3}: "
+                f"rho {spearman(a_sal, b_sal):+.3f}, median SAL ratio to (a) {ratio:.2f}, "
+                f"{sec:6.1f} s  {np.array2string(b_sal, precision=3)}"
+            )
+        t0 = time.perf_counter()
+        fo = first_order_sal(model, batches_of(px, py, 256))
+        sec = time.perf_counter() - t0
+        print(f"  (c) first-order: rho {spearman(a_sal, list(fo.values())):+.3f}, {sec:.2f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--setting", choices=["quickstart", "cifar"], default="cifar")
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--probe", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=1024, help="probe batch size (SGD batch)")
+    parser.add_argument("--steps", type=int, default=2, help="SGD steps per iteration")
+    parser.add_argument("--time", action="store_true", help="measure seconds of (b) and (c)")
+    parser.add_argument("--agreement", action="store_true")
+    parser.add_argument("--verify", action="store_true", help="check the count of (b)")
+    parser.add_argument("--checkpoints", type=int, nargs="+", default=[2, 6])
+    parser.add_argument(
+        "--grid",
+        type=lambda s: tuple(int(v) for v in s.split("x")),
+        nargs="+",
+        default=[(1024, 1), (1024, 2), (1024, 4), (256, 4), (128, 8)],
+        help="(b) settings to compare, as BATCHxSTEPS",
+    )
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    if args.setting == "quickstart":
+        shape, classes, n = (1, 32, 32), 10, 1438
+        args.model = "small_cnn"
+    else:
+        shape, classes, n = (3, 32, 32), 10, 50_000
+    model = build_model(args.model, classes, shape)
+    probe = min(args.probe, n)
+    settings = SALSettings(steps_per_iter=args.steps)
+    print(f"{args.setting}: {args.model}, {len(measured_layers(model))} measured layers, N={n}")
+    per_sample = per_sample_flops(model, shape, classes)
+    full_fwd, train, layers = per_sample
+    print(
+        f"  per sample: forward {full_fwd / 1e6:.1f} MFLOP, training step {train / 1e6:.1f} MFLOP"
+    )
+    print(f"  layers cached: {sum(lf.cached for lf in layers.values())}/{len(layers)}")
+    mean_suffix = np.mean([lf.suffix_step / train for lf in layers.values()])
+    print(f"  mean suffix SGD step / training step: {mean_suffix:.2f}")
+    figures = count(n, probe, min(args.batch, probe), args.steps, settings, per_sample)
+    print_counts(
+        f"one SAL evaluation, probe {probe}, batch {min(args.batch, probe)}, "
+        f"{args.steps} steps/iter, {settings.iters} iters",
+        figures,
+    )
+    if args.verify:
+        # the formula for (b) against FlopCounterMode around a real compute_sal call
+        x, y = torch.rand(8, *shape), torch.randint(0, classes, (8,))
+        small = SALSettings(iters=2, steps_per_iter=args.steps)
+        formula = count(8, 8, 8, args.steps, small, per_sample)["b"][2] * 8 * train
+        measured = flops(lambda: compute_sal(model, [(x, y)], settings=small))
+        print(f"  check: (b) FLOPs by the formula {formula:.4g}, measured {measured:.4g}")
+    if args.time:
+        x = torch.rand(probe, *shape)
+        y = torch.randint(0, classes, (probe,))
+        t0 = time.perf_counter()
+        compute_sal(model, batches_of(x, y, min(args.batch, probe)), settings=settings)
+        sec_b = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        first_order_sal(model, batches_of(x, y, 256))
+        sec_c = time.perf_counter() - t0
+        big = torch.rand(256, *shape)
+        big_y = torch.randint(0, classes, (256,))
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        model.train()
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        F.cross_entropy(model(big), big_y).backward()
+        opt.step()
+        epoch_sec = (time.perf_counter() - t0) * n / 256
+        model.eval()
+        print(
+            f"  measured ({torch.get_num_threads()} threads): (b) {sec_b:.1f} s, (c) {sec_c:.2f} s,"
+        )
+        print(
+            f"    one training epoch ~{epoch_sec:.0f} s (one step of 256 x N/256): "
+            f"(b) = {sec_b / epoch_sec:.2f} epochs"
+        )
+    if args.agreement:
+        agreement(args)
+
+
+if __name__ == "__main__":
+    main()

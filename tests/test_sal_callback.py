@@ -1,0 +1,271 @@
+"""SharpnessCallback in real training runs: files, TensorBoard, resume, DDP, no side effects."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, run_cli
+from lightning import Callback, Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from tb import read_scalars
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from unlearn.callbacks import SharpnessCallback
+from unlearn.cli import run_lightning
+from unlearn.data import DigitsDataModule
+from unlearn.models import SmallCNN
+from unlearn.sharpness import SAL_COLUMNS, SalTable
+from unlearn.tasks import ClassificationTask
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch):
+    """Small tensors on a shared CPU: one thread avoids OpenMP spin-waits (10x faster here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the CLI subprocesses
+    yield
+    torch.set_num_threads(threads)
+
+
+SMALL = {"probe_size": 48, "probe_batch_size": 16, "steps_per_iter": 2, "iters": 2}
+LAYERS = 8  # SmallCNN: six convolutions, two linear layers
+
+
+class LossRecorder(Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def fit(
+    root: Path,
+    callbacks: list[Callback],
+    epochs: int = 2,
+    ckpt_path: str | None = None,
+    version: int = 0,
+) -> Trainer:
+    seed_everything(0)
+    data = DigitsDataModule(batch_size=32, augment=True)
+    task = ClassificationTask(
+        model=SmallCNN(10, (1, 32, 32), width=4), num_classes=10, image_shape=(1, 32, 32)
+    )
+    trainer = Trainer(
+        max_epochs=epochs,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        accelerator="cpu",
+        logger=TensorBoardLogger(root, name="run", version=version),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    trainer.fit(task, datamodule=data, ckpt_path=ckpt_path)
+    return trainer
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_writes_sal_csv_and_tensorboard(tmp_path: Path) -> None:
+    trainer = fit(tmp_path, [SharpnessCallback(first_order=True, **SMALL)], epochs=2)
+    path = Path(trainer.log_dir) / "sal.csv"
+    rows = read_rows(path)
+    assert list(rows[0])[: len(SAL_COLUMNS)] == list(SAL_COLUMNS)
+    assert len(rows) == 2 * LAYERS  # epochs 0 and 1 (the last also covers the end)
+    assert [int(r["epoch"]) for r in rows] == [0] * LAYERS + [1] * LAYERS
+    assert [int(r["step"]) for r in rows] == [3] * LAYERS + [6] * LAYERS
+    table = SalTable.read(path)
+    assert table.sal.shape == (2, LAYERS)
+    scalars = read_scalars(Path(trainer.log_dir))
+    assert {"sal/mean", "lp/count", "sal/features.0.0", "sal/first_order_rho"} <= set(scalars)
+    assert all(-1.0 <= v <= 1.0 for _, v in scalars["sal/first_order_rho"])
+    assert [step for step, _ in scalars["sal/mean"]] == [3, 6]
+    events = next(Path(trainer.log_dir).glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events), size_guidance={"images": 0, "histograms": 0})
+    acc.Reload()
+    assert "sal/heatmap" in acc.Tags()["images"]
+    assert "sal/histogram" in acc.Tags()["histograms"]
+
+
+def test_every_n_epochs_and_end(tmp_path: Path) -> None:
+    trainer = fit(tmp_path, [SharpnessCallback(every_n_epochs=2, **SMALL)], epochs=3)
+    epochs = sorted({int(r["epoch"]) for r in read_rows(Path(trainer.log_dir) / "sal.csv")})
+    assert epochs == [1, 2]  # epoch 1 is due, epoch 2 is the last
+
+
+def test_training_is_unchanged(tmp_path: Path) -> None:
+    without, with_sal = LossRecorder(), LossRecorder()
+    fit(tmp_path / "a", [without], epochs=2)
+    fit(tmp_path / "b", [with_sal, SharpnessCallback(**SMALL)], epochs=2)
+    assert len(without.losses) == 6
+    assert without.losses == with_sal.losses
+
+
+def test_reference_gives_ud_curve(tmp_path: Path) -> None:
+    clean = fit(tmp_path / "clean", [SharpnessCallback(**SMALL)], epochs=2)
+    reference = Path(clean.log_dir) / "sal.csv"
+    again = fit(
+        tmp_path / "again", [SharpnessCallback(reference=str(reference), **SMALL)], epochs=2
+    )
+    scalars = read_scalars(Path(again.log_dir))
+    # the same seed and data: the same SAL values, so UD(t) is exactly 1 at each checkpoint
+    assert [v for _, v in scalars["ud"]] == [1.0, 1.0]
+    assert [v for _, v in scalars["lp/ratio"]] == [1.0, 1.0]
+
+
+def test_reference_with_other_layers_is_refused(tmp_path: Path) -> None:
+    reference = tmp_path / "ref.csv"
+    with reference.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(SAL_COLUMNS)
+        writer.writerow([0, 1, "other", 5, 0.1, 0.1, 0.0, 0.0, 2.3, 0.1])
+    with pytest.raises(ValueError, match="only in the reference: \\['other'\\]"):
+        fit(tmp_path, [SharpnessCallback(reference=str(reference), **SMALL)], epochs=1)
+
+
+def test_resume_continues_without_duplicates_or_gaps(tmp_path: Path) -> None:
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=-1)
+    first = fit(tmp_path, [SharpnessCallback(**SMALL), checkpoint], epochs=2)
+    first_rows = read_rows(Path(first.log_dir) / "sal.csv")
+    resumed = fit(
+        tmp_path,
+        [SharpnessCallback(**SMALL), ModelCheckpoint(dirpath=tmp_path / "ckpt2")],
+        epochs=3,
+        ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
+        version=1,  # a new log directory: the history comes from the checkpoint
+    )
+    rows = read_rows(Path(resumed.log_dir) / "sal.csv")
+    assert [int(r["epoch"]) for r in rows] == [0] * LAYERS + [1] * LAYERS + [2] * LAYERS
+    assert rows[: 2 * LAYERS] == first_rows
+
+
+def test_preset_parses_and_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    preset = yaml.safe_load((REPO / "callbacks" / "sal.yaml").read_text())
+    entry = preset["trainer"]["callbacks+"][0]
+    assert entry["class_path"] == "unlearn.callbacks.SharpnessCallback"
+    entry["init_args"].update(SMALL)  # the preset's own sizes are for real runs
+    small = tmp_path / "sal_small.yaml"
+    small.write_text(yaml.safe_dump(preset))
+    monkeypatch.chdir(tmp_path)
+    cli = run_lightning(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "quickstart.yaml"),
+            "--config",
+            str(small),
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.accelerator=cpu",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ]
+    )
+    assert any(isinstance(cb, SharpnessCallback) for cb in cli.trainer.callbacks)
+    assert len(read_rows(Path(cli.trainer.log_dir) / "sal.csv")) == LAYERS
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_single_process(tmp_path: Path) -> None:
+    """Layers split across 2 CPU processes give the single-process values.
+
+    LeNet-5 has no batch norm and lr 0 keeps its weights at the seeded initialisation, so
+    the model at the checkpoint is the same whatever data each process trained on.
+    """
+    preset = yaml.safe_load((REPO / "callbacks" / "sal.yaml").read_text())
+    preset["trainer"]["callbacks+"][0]["init_args"].update(SMALL)
+    small = tmp_path / "sal_small.yaml"
+    small.write_text(yaml.safe_dump(preset))
+    tables = {}
+    for name, extra in (("single", []), ("ddp", ["--trainer.strategy=ddp", "--trainer.devices=2"])):
+        out = tmp_path / name
+        result = run_cli(
+            "fit",
+            "--config",
+            str(REPO / "configs" / "quickstart.yaml"),
+            "--config",
+            str(small),
+            "--model.init_args.model=lenet5",
+            "--model.init_args.lr=0.0",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.accelerator=cpu",
+            f"--trainer.default_root_dir={out}",
+            f"--trainer.logger.init_args.save_dir={out}",
+            *extra,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        (path,) = out.rglob("sal.csv")
+        tables[name] = read_rows(path)
+    single, ddp = tables["single"], tables["ddp"]
+    assert [r["layer"] for r in ddp] == [r["layer"] for r in single]
+    assert len(single) == 5  # LeNet-5: two convolutions, three linear layers
+    for a, b in zip(single, ddp, strict=True):
+        for key in ("sal", "s_max", "s_min", "sal_acc", "loss0"):
+            assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-6), (a["layer"], key)
+
+
+def test_split_layers_balances_cost() -> None:
+    from unlearn.sharpness.shard import layer_costs, split_layers
+
+    parts = split_layers(["a", "b", "c", "d", "e"], [10, 1, 7, 3, 3], 2)
+    # costliest first, each to the lighter part: a->0, c->1, d->1 (10), e->0 (tie), b->1
+    assert parts == [["a", "e"], ["b", "c", "d"]]  # loads 13 and 11
+    assert split_layers(["a"], [1.0], 3) == [["a"], [], []]
+    model = SmallCNN(10, (1, 32, 32), width=4)
+    names = [f"features.{i}.0" for i in (0, 1, 3, 4, 6, 7)] + ["classifier.1", "classifier.3"]
+    costs = layer_costs(model, torch.rand(2, 1, 32, 32), names)
+    # the first convolution's suffix is the whole network: it costs the most
+    assert costs[0] == max(costs) and all(c > 0 for c in costs)
+
+
+@pytest.mark.slow
+def test_em_poisoned_quickstart_has_ud_below_one(tmp_path: Path) -> None:
+    """End to end on the built-in digits: make EM, train clean and poisoned with the preset."""
+    poison = tmp_path / "em"
+    result = run_cli(
+        "poison",
+        "--config",
+        str(REPO / "configs" / "digits" / "poison_em.yaml"),
+        f"--output_dir={poison}",
+        cwd=tmp_path,
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    tables = {}
+    for name, extra in (("clean", []), ("em", [f"--data.init_args.poison={poison}"])):
+        out = tmp_path / name
+        result = run_cli(
+            "fit",
+            "--config",
+            str(REPO / "configs" / "quickstart.yaml"),
+            "--config",
+            str(REPO / "callbacks" / "sal.yaml"),
+            "--trainer.accelerator=cpu",
+            f"--trainer.default_root_dir={out}",
+            f"--trainer.logger.init_args.save_dir={out}",
+            *extra,
+            cwd=tmp_path,
+            timeout=1800,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        (tables[name],) = out.rglob("sal.csv")
+    result = run_cli("ud", "--clean", str(tables["clean"]), "--poisoned", str(tables["em"]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    from unlearn.ud_command import run
+
+    (row,) = run(str(tables["clean"]), [str(tables["em"])])
+    assert row["ud"] < 1.0

@@ -1,0 +1,394 @@
+"""Sharpness-Aware Learnability (SAL) of every measured layer of a model.
+
+For each measured layer l (the weight of every Conv and Linear module) with weight W0
+and mean probe loss L0, two independent chains of ``iters`` iterations run: descent on
+the loss (SGD, ``lr_min``) and ascent (SGD on the negated loss, ``lr_max``). One iteration
+is ``steps_per_iter`` SGD steps, each on the next probe batch (cycling through the probe
+batches in their order, continuing where the previous iteration stopped), followed by a
+projection onto the ball ``||W - W0||_2 <= eps * ||W0||_2`` and the mean loss and accuracy
+on the whole probe set at the projected point. Then
+
+- ``L_min`` = min(L0, losses of the descent chain), ``L_max`` = max(L0, ascent losses);
+- ``s_max = L_max - L0``, ``s_min = L0 - L_min``;
+- ``sal = s_max if |s_max| > |s_min| else s_min``.
+
+The accuracy variant follows the public code of the paper: ``acc_rise`` is the accuracy
+at the descent chain's lowest loss minus ``acc0``, ``acc_drop`` is ``acc0`` minus the
+accuracy at the ascent chain's highest loss (both 0 where the loss never improves on L0),
+and ``sal_acc = acc_drop if |acc_drop| > |acc_rise| else acc_rise``. Accuracies are
+fractions in [0, 1] (the paper prints percent).
+
+Evaluation passes: where the probe set is a single batch, the first forward pass of the
+next iteration runs over the whole probe set at the projected weight, so its loss and
+accuracy *are* the evaluation of the previous iteration, and only the last iteration
+needs a forward pass of its own. With several probe batches the next forward pass sees
+one batch only, so a separate evaluation pass over all batches runs after each projection.
+L0 and acc0 come from one forward pass over the probe set shared by all layers.
+
+Nothing of the model changes: one weight at a time is optimised through
+``torch.func.functional_call`` with every other parameter shared (detached), batch norm
+runs in eval mode, and the training flags of all modules and the CPU and CUDA random
+streams are restored on exit; ``requires_grad`` flags and ``.grad`` fields are never
+touched (gradients come from ``torch.autograd.grad``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from unlearn.sharpness.prefix_cache import FullRunner, SuffixRunner, trace
+
+Batch = tuple[Tensor, Tensor]
+LossFn = Callable[[Any, Tensor], Tensor]
+CorrectFn = Callable[[Any, Tensor], Tensor | float | int]
+LayerFilter = str | Sequence[str] | Callable[[str], bool] | None
+
+#: Module types whose ``weight`` is measured (biases and norm layers are not).
+MEASURED_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+)
+
+
+def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of logits ``[B, C, ...]`` against class indices ``[B, ...]``."""
+    return F.cross_entropy(outputs, targets)
+
+
+def top1_correct(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Number of samples whose arg-max logit (dim 1) equals the target."""
+    return (outputs.argmax(dim=1) == targets).sum()
+
+
+@dataclass(frozen=True)
+class SALSettings:
+    """Settings of one SAL evaluation.
+
+    Attributes:
+        eps: Radius of the ball around W0, relative to ``||W0||_2``.
+        iters: Number of iterations (SGD steps, projection, evaluation) per direction.
+        lr_min: SGD learning rate of the descent chain.
+        lr_max: SGD learning rate of the ascent chain.
+        steps_per_iter: SGD steps per iteration, each on the next probe batch (cycling);
+            ``None`` is one pass over the probe batches.
+        cache_prefix: Cache the activations that do not depend on the measured layer and
+            recompute only the rest (falls back to the whole model where the model cannot
+            be traced or split).
+    """
+
+    eps: float = 0.05
+    iters: int = 10
+    lr_min: float = 0.1
+    lr_max: float = 0.1
+    steps_per_iter: int | None = None
+    cache_prefix: bool = True
+
+    def __post_init__(self) -> None:
+        """Reject values that cannot define a measurement."""
+        if not self.eps > 0:
+            raise ValueError(f"SALSettings.eps must be > 0, got {self.eps}")
+        if self.iters < 1:
+            raise ValueError(f"SALSettings.iters must be >= 1, got {self.iters}")
+        if self.lr_min < 0 or self.lr_max < 0:
+            raise ValueError(
+                f"SALSettings.lr_min/lr_max must be >= 0, got {self.lr_min}, {self.lr_max}"
+            )
+        if self.steps_per_iter is not None and self.steps_per_iter < 1:
+            raise ValueError(f"SALSettings.steps_per_iter must be >= 1, got {self.steps_per_iter}")
+
+
+@dataclass
+class LayerSAL:
+    """SAL of one layer at one checkpoint.
+
+    Attributes:
+        layer: Qualified module name, e.g. ``"layer1.0.conv1"``.
+        numel: Number of entries of the measured weight.
+        sal: SAL on the loss (``s_max`` or ``s_min``, whichever is larger in magnitude).
+        s_max: Highest loss reached by ascent minus L0 (>= 0).
+        s_min: L0 minus the lowest loss reached by descent (>= 0).
+        sal_acc: Accuracy variant, a fraction (``acc_drop`` or ``acc_rise``).
+        acc_rise: Accuracy at the lowest loss minus ``acc0``.
+        acc_drop: ``acc0`` minus the accuracy at the highest loss.
+        loss0: Mean probe loss at the unperturbed weights (L0).
+        acc0: Probe accuracy at the unperturbed weights, a fraction.
+        seconds: Wall time spent on this layer, caching included.
+        cached: Whether the frozen part's activations were cached for this layer.
+    """
+
+    layer: str
+    numel: int
+    sal: float
+    s_max: float
+    s_min: float
+    sal_acc: float
+    acc_rise: float
+    acc_drop: float
+    loss0: float
+    acc0: float
+    seconds: float
+    cached: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as a plain dict (one row of a table)."""
+        return asdict(self)
+
+
+def measured_layers(model: nn.Module, layers: LayerFilter = None) -> list[str]:
+    """Names of the modules whose weight SAL measures, in module order.
+
+    Args:
+        model: The model.
+        layers: ``None`` for every Conv and Linear module; a regular expression matched
+            with ``re.search`` against the module name; a list of module names (order
+            kept, each checked); or a predicate on the name.
+
+    Returns:
+        Qualified module names, e.g. ``["conv1", "layer1.0.conv1", ..., "linear"]``.
+
+    Raises:
+        ValueError: A listed name is not a measurable module, or nothing is selected.
+    """
+    candidates = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, MEASURED_TYPES) and isinstance(getattr(m, "weight", None), nn.Parameter)
+    ]
+    if layers is None:
+        chosen = candidates
+    elif isinstance(layers, str):
+        pattern = re.compile(layers)
+        chosen = [n for n in candidates if pattern.search(n)]
+    elif callable(layers):
+        chosen = [n for n in candidates if layers(n)]
+    else:
+        unknown = [n for n in layers if n not in candidates]
+        if unknown:
+            raise ValueError(
+                f"not measurable layers (no Conv/Linear module with a weight): {unknown}; "
+                f"measurable: {candidates}"
+            )
+        chosen = list(layers)
+    if not chosen:
+        raise ValueError(f"no measured layer selected by {layers!r}; measurable: {candidates}")
+    return chosen
+
+
+@contextmanager
+def model_untouched(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode; restore every module's mode and the RNG streams on exit.
+
+    Also enables autograd (even inside ``torch.inference_mode`` or ``torch.no_grad``).
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        model.eval()
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def _project(w: Tensor, w0: Tensor, radius: Tensor) -> Tensor:
+    """Project ``w`` onto ``||w - w0|| <= radius``; ``w`` itself (bit-exact) when inside."""
+    diff = w - w0
+    norm = diff.norm()
+    return torch.where(norm > radius, w0 + diff * (radius / norm), w)
+
+
+class _Probe:
+    """The probe batches with the functions that score outputs on them."""
+
+    def __init__(self, batches: Sequence[Batch], loss_fn: LossFn, correct_fn: CorrectFn) -> None:
+        if len(batches) == 0:
+            raise ValueError("SAL needs at least one probe batch")
+        # inference tensors (made under torch.inference_mode) cannot be saved for backward
+        self.inputs = [x.clone() if x.is_inference() else x for x, _ in batches]
+        self.targets = [y.clone() if y.is_inference() else y for _, y in batches]
+        self.sizes = [int(y.shape[0]) for y in self.targets]
+        self.total = sum(self.sizes)
+        self.loss_fn = loss_fn
+        self.correct_fn = correct_fn
+
+    def score(self, outputs: Any, b: int) -> tuple[Tensor, float]:
+        """Mean loss (a tensor, with graph) and number correct of batch ``b``."""
+        loss = self.loss_fn(outputs, self.targets[b])
+        with torch.no_grad():
+            correct = float(self.correct_fn(outputs, self.targets[b]))
+        return loss, correct
+
+    @torch.no_grad()
+    def evaluate(
+        self, runner: FullRunner | SuffixRunner, w: Tensor, states: list[Any]
+    ) -> tuple[float, float]:
+        """Mean loss and accuracy over all probe batches at weight ``w``."""
+        loss_sum, correct = 0.0, 0.0
+        for b, state in enumerate(states):
+            loss, c = self.score(runner(w, state), b)
+            loss_sum += float(loss) * self.sizes[b]
+            correct += c
+        return loss_sum / self.total, correct / self.total
+
+
+def _chain(
+    runner: FullRunner | SuffixRunner,
+    states: list[Any],
+    probe: _Probe,
+    w0: Tensor,
+    lr: float,
+    sign: float,
+    settings: SALSettings,
+) -> list[tuple[float, float]]:
+    """Run one direction; the (loss, accuracy) on the probe set after each iteration."""
+    steps = settings.steps_per_iter or len(states)
+    single = len(states) == 1
+    radius = settings.eps * w0.norm()
+    w = w0.clone()
+    history: list[tuple[float, float]] = []
+    cursor = 0
+    for k in range(settings.iters):
+        for j in range(steps):
+            b = cursor % len(states)
+            cursor += 1
+            w.requires_grad_(True)
+            loss, correct = probe.score(runner(w, states[b]), b)
+            if single and j == 0 and k > 0:  # loss at the point projected in iteration k-1
+                history.append((float(loss.detach()), correct / probe.total))
+            (grad,) = torch.autograd.grad(sign * loss, w)
+            w = w.detach() - lr * grad
+        w = _project(w, w0, radius)
+        if not single:
+            history.append(probe.evaluate(runner, w, states))
+    if single:
+        history.append(probe.evaluate(runner, w, states))
+    return history
+
+
+def _layer_sal(
+    model: nn.Module,
+    gm: Any,
+    layer: str,
+    probe: _Probe,
+    loss0: float,
+    acc0: float,
+    reference: Any,
+    settings: SALSettings,
+) -> LayerSAL:
+    start = time.perf_counter()
+    param = f"{layer}.weight"
+    w0 = model.get_submodule(layer).weight.detach()
+    runner: FullRunner | SuffixRunner | None = None
+    states: list[Any] = []
+    if settings.cache_prefix:
+        runner = SuffixRunner.build(gm, layer)
+        if runner is not None:
+            states = [runner.prepare(x) for x in probe.inputs]
+            # Run twice: the second run catches a suffix that mutates a cached value.
+            with torch.no_grad():
+                same = all(_same_outputs(runner(w0, states[0]), reference) for _ in range(2))
+            if not same:
+                runner = None
+    if runner is None:
+        runner = FullRunner(model, param)
+        states = [runner.prepare(x) for x in probe.inputs]
+
+    descent = _chain(runner, states, probe, w0, settings.lr_min, 1.0, settings)
+    ascent = _chain(runner, states, probe, w0, settings.lr_max, -1.0, settings)
+    loss_min, acc_at_min = loss0, acc0
+    for loss, acc in descent:
+        if loss < loss_min:
+            loss_min, acc_at_min = loss, acc
+    loss_max, acc_at_max = loss0, acc0
+    for loss, acc in ascent:
+        if loss > loss_max:
+            loss_max, acc_at_max = loss, acc
+    s_max, s_min = loss_max - loss0, loss0 - loss_min
+    rise, drop = acc_at_min - acc0, acc0 - acc_at_max
+    return LayerSAL(
+        layer=layer,
+        numel=w0.numel(),
+        sal=s_max if abs(s_max) > abs(s_min) else s_min,
+        s_max=s_max,
+        s_min=s_min,
+        sal_acc=drop if abs(drop) > abs(rise) else rise,
+        acc_rise=rise,
+        acc_drop=drop,
+        loss0=loss0,
+        acc0=acc0,
+        seconds=time.perf_counter() - start,
+        cached=runner.cached,
+    )
+
+
+def _same_outputs(a: Any, b: Any) -> bool:
+    """Whether two model outputs (tensors or nested tuples/lists/dicts of them) agree."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_outputs(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_outputs(a[k], b[k]) for k in a)
+    return a == b
+
+
+def compute_sal(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    layers: LayerFilter = None,
+    *,
+    loss_fn: LossFn = cross_entropy,
+    correct_fn: CorrectFn = top1_correct,
+    settings: SALSettings | None = None,
+) -> list[LayerSAL]:
+    """SAL of each measured layer of ``model`` on a probe set.
+
+    Args:
+        model: The model at the checkpoint; left exactly as found.
+        batches: The probe set as (inputs ``[B, ...]``, targets ``[B, ...]``) pairs on the
+            model's device, in the order the SGD steps take them. One batch holding the
+            whole probe set saves the evaluation passes (see the module docstring).
+        layers: Which layers to measure (see :func:`measured_layers`).
+        loss_fn: ``loss_fn(outputs, targets)``: mean loss of a batch, a scalar tensor.
+        correct_fn: ``correct_fn(outputs, targets)``: number of correct samples.
+        settings: Radius, iterations, learning rates and steps (defaults: the paper's).
+
+    Returns:
+        One :class:`LayerSAL` per measured layer, in the order of ``layers``.
+    """
+    settings = settings or SALSettings()
+    names = measured_layers(model, layers)
+    with model_untouched(model):
+        probe = _Probe(batches, loss_fn, correct_fn)
+        gm = trace(model) if settings.cache_prefix else None
+        loss_sum, correct, reference = 0.0, 0.0, None
+        with torch.no_grad():
+            for b, x in enumerate(probe.inputs):
+                outputs = model(x)
+                reference = outputs if b == 0 else reference
+                loss, c = probe.score(outputs, b)
+                loss_sum += float(loss) * probe.sizes[b]
+                correct += c
+        loss0, acc0 = loss_sum / probe.total, correct / probe.total
+        return [
+            _layer_sal(model, gm, name, probe, loss0, acc0, reference, settings) for name in names
+        ]

@@ -1,0 +1,98 @@
+"""``python -m unlearn ud``: Unlearnable Distance of poisoned runs against a clean run.
+
+    python -m unlearn ud --clean runs/clean/sal.csv --poisoned runs/em/sal.csv [runs/x/sal.csv]
+        [--checkpoints T] [--json out.json]
+
+Prints one row per poisoned run: beta (from the clean run), #LP clean, #LP poisoned, UD,
+the parameter-weighted UD, and UD under the robustness thresholds (3-means upper boundary,
+50/75/90th percentiles of the clean SAL values). ``--json`` writes the same rows as a list
+of objects (keys ``poisoned``, ``beta``, ``lp_clean``, ``lp_poisoned``, ``ud``,
+``ud_weighted`` and the rest of :func:`unlearn.sharpness.ud.ud`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from unlearn.sharpness.ud import SalTable, ud
+
+
+def build_parser() -> ArgumentParser:
+    """The subcommand's parser (jsonargparse, so ``--config`` YAML works as for ``fit``)."""
+    parser = ArgumentParser(prog="unlearn ud", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML with these options")
+    parser.add_argument("--clean", type=str, required=True, help="the clean run's sal.csv")
+    parser.add_argument(
+        "--poisoned", type=str, required=True, nargs="+", help="poisoned runs' sal.csv"
+    )
+    parser.add_argument(
+        "--checkpoints",
+        type=int | None,
+        default=None,
+        help="use the first T checkpoints of each run (UD(T)); default: all",
+    )
+    parser.add_argument("--json", type=str | None, default=None, help="also write rows here")
+    return parser
+
+
+def _fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else ("inf" if math.isinf(value) else f"{value:.4g}")
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a fixed-width text table (one line per poisoned run)."""
+    variants = [k[3:] for k in rows[0] if k.startswith("ud_") and k != "ud_weighted"]
+    header = ["poisoned", "T", "beta", "#LP clean", "#LP poisoned", "UD", "UD weighted"]
+    header += [f"UD {v}" for v in variants]
+    lines = [header]
+    for row in rows:
+        line = [str(row["poisoned"]), str(row["checkpoints"])]
+        line += [_fmt(row[k]) for k in ("beta", "lp_clean", "lp_poisoned", "ud", "ud_weighted")]
+        line += [_fmt(row[f"ud_{v}"]) for v in variants]
+        lines.append(line)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines
+    )
+
+
+def _write_json(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write atomically (temporary file, then rename); inf/nan become strings."""
+    clean = [
+        {k: (_fmt(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+        for r in rows
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(clean, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(clean: str, poisoned: Sequence[str], checkpoints: int | None = None) -> list[dict]:
+    """UD rows of each poisoned run against the clean run (see :func:`unlearn.sharpness.ud.ud`)."""
+    reference = SalTable.read(clean)
+    return [ud(reference, SalTable.read(p), t=checkpoints) for p in poisoned]
+
+
+def main(args: Sequence[str] | None = None) -> list[dict]:
+    """Entry point of ``python -m unlearn ud`` (``args`` without the subcommand name)."""
+    cfg = build_parser().parse_args(list(args) if args is not None else None)
+    rows = run(cfg.clean, cfg.poisoned, cfg.checkpoints)
+    print(format_table(rows))
+    if cfg.json is not None:
+        _write_json(Path(cfg.json), rows)
+    return rows
