@@ -1,0 +1,142 @@
+"""``python -m unlearn poison export``: write a poisoned training set as an ImageFolder tree.
+
+The form a data owner would publish::
+
+    {output}/train/{label}/{index}.png   poisoned training images (every sample; those the
+                                         poison does not cover are clean)
+    {output}/val/{label}/{index}.png     the clean test split (``--test true``, default)
+    {output}/export.json                 the poison's meta and what was written
+
+Labels and indices are zero-padded so that sorted folder and file names keep the numeric
+order; :class:`~unlearn.data.ImageFolderDataModule` reads the tree back (``train_dir: train``,
+``test_dir: val``). Pixels are rounded to 8 bits: for an L_inf budget that is a whole number of
+grey levels (8/255) the rounded perturbation stays within it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
+from PIL import Image
+
+from unlearn.data import ImageClassificationDataModule
+from unlearn.data.datasets import IndexedImageDataset, PoisonOverlay
+from unlearn.poisons.command import instantiate_config
+from unlearn.poisons.store import StoreExistsError, load_poison
+
+
+def _data_module(meta: dict, override: dict | None) -> ImageClassificationDataModule:
+    config = override if override is not None else meta.get("data")
+    if not config:
+        raise ValueError(
+            "the poison's meta.json records no data module; pass --data (e.g. --data "
+            "DigitsDataModule) to say which data set it was made for"
+        )
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(ImageClassificationDataModule, "data", required=True)
+    cfg = parser.parse_object({"data": config})
+    return instantiate_config(parser, cfg).data
+
+
+def _write_split(dataset: IndexedImageDataset, directory: Path, digits: tuple[int, int]) -> int:
+    for item in range(len(dataset)):
+        sample = dataset[item]
+        image = sample["image"].mul(255).round().clamp(0, 255).to(torch.uint8)
+        folder = directory / f"{int(sample['label']):0{digits[0]}d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        array = image.permute(1, 2, 0).numpy()
+        mode = "L" if array.shape[2] == 1 else "RGB"
+        Image.fromarray(array[:, :, 0] if mode == "L" else array, mode).save(
+            folder / f"{int(sample['index']):0{digits[1]}d}.png"
+        )
+    return len(dataset)
+
+
+def export_poison(
+    poison: str | Path,
+    output: str | Path,
+    data: ImageClassificationDataModule | None = None,
+    test: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``clamp(clean + delta, 0, 1)`` of every training sample as PNG files.
+
+    Args:
+        poison: the poison store's directory.
+        output: the tree's root (must not exist unless ``overwrite``).
+        data: the clean data module; ``None`` rebuilds it from the poison's meta.
+        test: also write the clean test split under ``val/``.
+        overwrite: replace an existing ``output``.
+
+    Returns:
+        ``output``.
+    """
+    output = Path(output)
+    stored = load_poison(poison)
+    if data is None:
+        data = _data_module(stored.meta, None)
+    stored = load_poison(poison, expected=data.info())  # the poison is for this data
+    if output.exists():
+        if not overwrite:
+            raise StoreExistsError(f"{output} exists; pass --overwrite to replace it")
+        shutil.rmtree(output)
+    staging = output.with_name(output.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    source = data.train_source
+    n = len(source)
+    digits = (len(str(max(0, data.num_classes - 1))), len(str(max(0, n - 1))))
+    overlay = PoisonOverlay(stored.delta, stored.indices, n)
+    written = _write_split(IndexedImageDataset(source, poison=overlay), staging / "train", digits)
+    tested = 0
+    if test:
+        test_digits = (digits[0], len(str(max(0, len(data.test_source) - 1))))
+        tested = _write_split(IndexedImageDataset(data.test_source), staging / "val", test_digits)
+    summary = {
+        "poison": str(Path(poison)),
+        "train_images": written,
+        "val_images": tested,
+        "layout": "train/{label}/{index}.png (poisoned), val/{label}/{index}.png (clean test)",
+        "meta": stored.meta,
+    }
+    (staging / "export.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    staging.rename(output)
+    return output
+
+
+def build_parser() -> ArgumentParser:
+    """The parser of ``python -m unlearn poison export``."""
+    import unlearn.data  # noqa: F401 - short class names
+
+    parser = ArgumentParser(
+        prog="python -m unlearn poison export",
+        description="Write a poisoned training set (and the clean test split) as PNG files "
+        "in an ImageFolder tree.",
+    )
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_argument("--poison", type=str, required=True, help="the poison store directory")
+    parser.add_argument("--output", type=str, required=True, help="root of the tree to write")
+    parser.add_subclass_arguments(
+        ImageClassificationDataModule,
+        "data",
+        required=False,
+        help="the clean data module (default: the one recorded in the poison's meta)",
+    )
+    parser.add_argument("--test", action=ActionYesNo, default=True, help="also write val/")
+    parser.add_argument("--overwrite", action=ActionYesNo, default=False)
+    return parser
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m unlearn poison export``."""
+    parser = build_parser()
+    cfg = parser.parse_args(list(sys.argv[1:] if args is None else args))
+    data = instantiate_config(parser, cfg).data if cfg.get("data") else None
+    out = export_poison(cfg.poison, cfg.output, data, cfg.test, cfg.overwrite)
+    print(f"wrote {out}")
