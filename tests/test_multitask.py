@@ -12,6 +12,7 @@ from lightning import Trainer
 from unlearn.cli import run_lightning
 from unlearn.data.synthetic_scenes import generate
 from unlearn.data.taskonomy import TaskonomyDataModule
+from unlearn.defenses import CutMix, Defense
 from unlearn.models.heads import build_encoder
 from unlearn.tasks.heads import (
     TASKS,
@@ -261,3 +262,33 @@ def test_fit_configs_validate(config: Path, capsys: pytest.CaptureFixture) -> No
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "TaskonomyDataModule" in printed and "Task" in printed
+
+
+class _RecordingDefense(Defense):
+    """Halves the images and records what it saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def transform_images(self, images: torch.Tensor) -> torch.Tensor:
+        self.seen.append(images.clone())
+        return images * 0.5
+
+
+def test_image_defenses_transform_training_rgb_only(scenes: Path) -> None:
+    data = data_module(scenes)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    defense = _RecordingDefense()
+    task = small(defenses=[defense])
+    task.training_step(batch, 0)
+    assert len(defense.seen) == 1 and torch.equal(defense.seen[0], batch["rgb"])
+    task.validation_step(batch, 0)
+    assert len(defense.seen) == 1  # evaluation never calls the defense
+    assert "defenses" not in task.hparams
+
+
+def test_defenses_that_move_pixels_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"\['CutMix'\] move pixels"):
+        small(defenses=[CutMix()])

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from unlearn.defenses.base import Defense
 from unlearn.models.heads import MultiTaskNet, TaskView, build_encoder
 from unlearn.tasks.base import BaseTask
 from unlearn.tasks.heads import DEFAULT_TASKS, TaskSpec, task_spec
@@ -83,11 +84,21 @@ class MultiTaskTask(BaseTask):
         num_classes: int = 365,
         image_shape: tuple[int, int, int] = (3, 64, 64),
         loss_weights: dict[str, float] | None = None,
+        defenses: list[Defense] | None = None,
         lr: float = 0.05,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
     ) -> None:
         names = list(tasks)
+        moved = [type(d).__name__ for d in defenses or [] if not d.pixel_aligned]
+        if moved:
+            raise ValueError(
+                f"defenses {moved} move pixels or mix labels, which the dense targets do not "
+                "follow; multi-task training takes only pixel-aligned image defenses (JPEG, "
+                "Grayscale, BitDepthReduction, GaussianBlur, Cutout, UEraser(geometric=False))"
+            )
+        # a plain list may be assigned before nn.Module.__init__; modules may not
+        self._given_defenses = list(defenses or [])
         if not names or len(set(names)) != len(names):
             raise ValueError(f"tasks must be a non-empty list of distinct names, got {names}")
         unknown = set(loss_weights or {}) - set(names)
@@ -98,6 +109,10 @@ class MultiTaskTask(BaseTask):
             spec.head_width = head_width
         super().__init__(lr=lr, momentum=momentum, weight_decay=weight_decay)
 
+    def hparams_ignore(self) -> list[str]:
+        """The defenses are modules: kept in the state dict, not in ``hparams``."""
+        return ["defenses"]
+
     def configure_models(self) -> None:
         """The encoder and one head per task."""
         shape = tuple(self.hparams["image_shape"])
@@ -107,6 +122,8 @@ class MultiTaskTask(BaseTask):
             for name, spec in self.specs.items()
         }
         self.model = MultiTaskNet(encoder, heads)
+        self.defenses = nn.ModuleList(self._given_defenses)
+        del self._given_defenses
 
     def configure_losses(self) -> None:
         """Loss weights (equal by default)."""
@@ -164,8 +181,11 @@ class MultiTaskTask(BaseTask):
         return total
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """Weighted sum of the task losses."""
-        return self._step(batch, "train")
+        """Weighted sum of the task losses, on rgb transformed by the image defenses."""
+        rgb = batch["rgb"]
+        for defense in self.defenses:
+            rgb = defense.transform_images(rgb)
+        return self._step({**batch, "rgb": rgb}, "train")
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Clean validation losses and metrics."""

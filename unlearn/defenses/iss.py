@@ -1,0 +1,80 @@
+"""ISS (image shortcut squeezing, Liu et al. 2023): JPEG compression and grayscale."""
+
+from __future__ import annotations
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch import Tensor
+
+from unlearn.defenses.base import Defense, to_float, to_uint8
+
+
+def jpeg(images: Tensor, quality: int) -> Tensor:
+    """JPEG-compress and decode each image (torchvision's libjpeg codec, on the CPU).
+
+    Args:
+        images: ``float [..., C, H, W]`` in ``[0, 1]`` with ``C`` 1 or 3, on any device.
+        quality: JPEG quality, 1..100.
+
+    Returns:
+        The decoded images, same shape, dtype and device, on the 1/255 grid of ``[0, 1]``.
+    """
+    if images.shape[-3] not in (1, 3):
+        raise ValueError(f"JPEG needs 1 or 3 channels, got images of shape {tuple(images.shape)}")
+    flat = to_uint8(images).cpu().reshape(-1, *images.shape[-3:])
+    decoded = TF.jpeg(flat, quality)
+    return to_float(decoded.reshape(images.shape), images)
+
+
+def grayscale(images: Tensor) -> Tensor:
+    """ITU-R 601 luma, replicated to the input's channels (a no-op for 1-channel images).
+
+    Args:
+        images: ``float [..., C, H, W]`` in ``[0, 1]`` with ``C`` 1 or 3.
+
+    Returns:
+        Same shape; all channels equal.
+    """
+    channels = images.shape[-3]
+    if channels == 1:
+        return images
+    if channels != 3:
+        raise ValueError(f"grayscale needs 1 or 3 channels, got shape {tuple(images.shape)}")
+    return TF.rgb_to_grayscale(images, num_output_channels=3)
+
+
+class JPEG(Defense):
+    """ISS-JPEG: train on JPEG-compressed images (default quality 10, as in ISS/APBench).
+
+    JPEG's 8x8 DCT quantisation removes most of the high-frequency, low-amplitude
+    perturbation that error-minimising noise relies on.
+
+    Args:
+        quality: JPEG quality, 1..100 (lower compresses more).
+    """
+
+    def __init__(self, quality: int = 10) -> None:
+        super().__init__()
+        if not 1 <= quality <= 100:
+            raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+        self.quality = quality
+
+    def transform_images(self, images: Tensor) -> Tensor:
+        """Compress and decode ``float [B, C, H, W]`` images."""
+        with torch.no_grad():
+            return jpeg(images, self.quality)
+
+    def extra_repr(self) -> str:
+        """The settings, as printed with the module."""
+        return f"quality={self.quality}"
+
+
+class Grayscale(Defense):
+    """ISS-grayscale: train on grayscale images replicated to 3 channels.
+
+    A no-op on 1-channel data (the built-in digits, MNIST): there is no colour to remove.
+    """
+
+    def transform_images(self, images: Tensor) -> Tensor:
+        """Replace every channel by the luma of ``float [B, C, H, W]`` images."""
+        return grayscale(images)
