@@ -151,6 +151,12 @@ def spearman(rows: Sequence[dict[str, Any]]) -> tuple[float, float, int]:
     return float(result.statistic), float(result.pvalue), len(pairs)
 
 
+def _in_spec_order(rows: Sequence[dict[str, Any]], key: str, order: Sequence[str]) -> list[str]:
+    """The distinct values of ``key`` in ``rows``, in the order the benchmark config gives."""
+    present = {row[key] for row in rows}
+    return [name for name in order if name in present]
+
+
 def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -159,11 +165,15 @@ def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]
 
 
 def markdown_report(
-    name: str, rows: list[dict[str, Any]], figures: Sequence[str], spec_methods: Sequence[str]
+    name: str,
+    rows: list[dict[str, Any]],
+    figures: Sequence[str],
+    spec_methods: Sequence[str],
+    spec_defenses: Sequence[str],
 ) -> str:
     """The ``report.md`` text."""
     groups = _groups(rows)
-    defenses = list(dict.fromkeys(row["defense"] for row in rows))
+    defenses = _in_spec_order(rows, "defense", spec_defenses)
     settings = list(dict.fromkeys((row["data"], row["model"]) for row in rows))
     seeds = sorted({row["seed"] for row in rows})
     done = sum(row["status"] == "ok" for row in rows)
@@ -223,7 +233,9 @@ def markdown_report(
     return "\n".join(lines) + "\n"
 
 
-def make_figures(layout: Layout, rows: list[dict[str, Any]], out_dir: Path) -> list[str]:
+def make_figures(
+    layout: Layout, rows: list[dict[str, Any]], out_dir: Path, spec_defenses: Sequence[str]
+) -> list[str]:
     """Write ``ud_bars.png``, ``ud_curves.png`` and ``sal_heatmaps.png``; return their names."""
     import matplotlib
 
@@ -233,7 +245,7 @@ def make_figures(layout: Layout, rows: list[dict[str, Any]], out_dir: Path) -> l
     names = []
     groups = _groups(rows)
     methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != CLEAN))
-    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    defenses = _in_spec_order(rows, "defense", spec_defenses)
     settings = list(dict.fromkeys((r["data"], r["model"]) for r in rows))
     if not methods or not any(_numbers(rows, "ud")):
         return names
@@ -263,6 +275,7 @@ def make_figures(layout: Layout, rows: list[dict[str, Any]], out_dir: Path) -> l
         c for c in layout.cells() if c.method == CLEAN and (c.data, c.model) == (data, model)
     ]
     reference = [c for c in reference if layout.sal_file(c).is_file()]
+    reference.sort(key=lambda c: (spec_defenses.index(c.defense), c.seed))
     if not reference:
         return names
     clean_cell = reference[0]
@@ -292,7 +305,10 @@ def make_figures(layout: Layout, rows: list[dict[str, Any]], out_dir: Path) -> l
         if layout.sal_file(cell).is_file():
             panels.append((method, SalTable.read(layout.sal_file(cell))))
     vmax = max(float(np.abs(t.aligned(clean.layers)).max()) for _, t in panels) or 1.0
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels) + 1, 3.4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(1.6 * len(panels) + 1.2, 3.4), squeeze=False,
+        constrained_layout=True,
+    )  # fmt: skip
     for ax, (method, table) in zip(axes[0], panels, strict=True):
         image = ax.imshow(table.aligned(clean.layers).T, aspect="auto", cmap="magma", vmin=0,
                           vmax=vmax)  # fmt: skip
@@ -312,8 +328,9 @@ def write_report(layout: Layout) -> Path:
     rows = collect(layout)
     layout.root.mkdir(parents=True, exist_ok=True)
     write_results_csv(rows, layout.root / "results.csv")
-    figures = make_figures(layout, rows, layout.root)
-    text = markdown_report(layout.spec.name, rows, figures, layout.spec.methods)
+    defenses = list(layout.spec.defenses)
+    figures = make_figures(layout, rows, layout.root, defenses)
+    text = markdown_report(layout.spec.name, rows, figures, layout.spec.methods, defenses)
     path = layout.root / "report.md"
     write_text_atomic(path, text)
     return path
