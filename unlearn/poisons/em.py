@@ -15,7 +15,15 @@ import torch.nn.functional as F
 
 from unlearn.poisons.base import PoisonContext, PoisonData, PoisonMethod, PoisonResult
 from unlearn.poisons.pgd import pgd_linf, project_linf
-from unlearn.poisons.surrogate import BatchStream, accuracy, build_surrogate, sgd, train_step
+from unlearn.poisons.surrogate import (
+    BatchStream,
+    accuracy,
+    build_surrogate,
+    restore_surrogate,
+    sgd,
+    surrogate_state,
+    train_step,
+)
 
 
 class EM(PoisonMethod):
@@ -110,9 +118,7 @@ class EM(PoisonMethod):
 
         state = context.resume()
         if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            stream.load_state_dict(state["stream"])
+            restore_surrogate(state, model, optimizer, stream)
             noise, history = state["noise"], list(state["history"])
 
         def perturbation(batch_rows: torch.Tensor) -> torch.Tensor:
@@ -147,13 +153,7 @@ class EM(PoisonMethod):
                     ).cpu()
             history.append(accuracy(model, data, rows, perturbation, 4 * self.batch_size, device))
             context.checkpoint(
-                lambda: {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "stream": stream.state_dict(),
-                    "noise": noise,
-                    "history": history,
-                }
+                lambda: surrogate_state(model, optimizer, stream, noise=noise, history=history)
             )
             if history[-1] >= self.stop_accuracy:
                 break

@@ -21,7 +21,14 @@ from torch import Tensor, nn
 
 from unlearn.poisons.base import PoisonContext, PoisonData, PoisonMethod, PoisonResult
 from unlearn.poisons.pgd import Augment, make_augment, pgd_linf, project_linf, random_start
-from unlearn.poisons.surrogate import BatchStream, build_surrogate, sgd, train_step
+from unlearn.poisons.surrogate import (
+    BatchStream,
+    build_surrogate,
+    restore_surrogate,
+    sgd,
+    surrogate_state,
+    train_step,
+)
 
 
 class REM(PoisonMethod):
@@ -147,20 +154,13 @@ class REM(PoisonMethod):
 
         state = context.resume()
         if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            stream.load_state_dict(state["stream"])
+            restore_surrogate(state, model, optimizer, stream)
             noise, step, final_rows = state["noise"], int(state["step"]), int(state["final_rows"])
 
         def make_state() -> dict:
-            return {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "stream": stream.state_dict(),
-                "noise": noise,
-                "step": step,
-                "final_rows": final_rows,
-            }
+            return surrogate_state(
+                model, optimizer, stream, noise=noise, step=step, final_rows=final_rows
+            )
 
         for _ in context.track(range(step, self.train_steps), self.train_steps, "REM steps", step):
             lr = self.lr * self.lr_decay ** (step // self.lr_decay_every)

@@ -113,3 +113,24 @@ def accuracy(
             images = (images + perturbation(batch).to(device)).clamp(0.0, 1.0)
         correct += int((model(images).argmax(dim=1) == labels).sum())
     return correct / max(1, rows.numel())
+
+
+def surrogate_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, stream: BatchStream, **extra: Any
+) -> dict[str, Any]:
+    """A resumable checkpoint of surrogate training: weights, optimizer, batch order, ``extra``."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "stream": stream.state_dict(),
+        **extra,
+    }
+
+
+def restore_surrogate(
+    state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, stream: BatchStream
+) -> None:
+    """Load what :func:`surrogate_state` saved back into the model, optimizer and stream."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    stream.load_state_dict(state["stream"])

@@ -14,7 +14,14 @@ import torch
 
 from unlearn.poisons.base import PoisonContext, PoisonData, PoisonMethod, PoisonResult
 from unlearn.poisons.pgd import make_augment, per_sample_loss, pgd_linf, random_start
-from unlearn.poisons.surrogate import BatchStream, build_surrogate, sgd, train_step
+from unlearn.poisons.surrogate import (
+    BatchStream,
+    build_surrogate,
+    restore_surrogate,
+    sgd,
+    surrogate_state,
+    train_step,
+)
 
 
 class TAP(PoisonMethod):
@@ -92,20 +99,13 @@ class TAP(PoisonMethod):
 
         state = context.resume()
         if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            stream.load_state_dict(state["stream"])
+            restore_surrogate(state, model, optimizer, stream)
             delta, step, crafted = state["delta"], int(state["step"]), int(state["crafted"])
 
         def make_state() -> dict:
-            return {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "stream": stream.state_dict(),
-                "delta": delta,
-                "step": step,
-                "crafted": crafted,
-            }
+            return surrogate_state(
+                model, optimizer, stream, delta=delta, step=step, crafted=crafted
+            )
 
         for _ in context.track(range(step, total_steps), total_steps, "TAP surrogate", step):
             lr = self.lr * 0.1 ** sum(step >= m for m in milestones)
