@@ -78,14 +78,14 @@ class UnlearnCLI(LightningCLI):
 
 def _import_task_modules() -> None:
     """Import every subpackage whose classes configs name by short ``class_path``."""
-    for name in ("unlearn.data", "unlearn.tasks", "unlearn.models", "unlearn.defenses"):
+    for name in (
+        "unlearn.data",
+        "unlearn.tasks",
+        "unlearn.models",
+        "unlearn.defenses",
+        "unlearn.callbacks",
+    ):
         importlib.import_module(name)
-    for optional in ("unlearn.callbacks",):
-        try:
-            importlib.import_module(optional)
-        except ModuleNotFoundError as err:
-            if err.name != optional:
-                raise
 
 
 def _overview() -> str:
@@ -115,13 +115,7 @@ def main(args: Sequence[str] | None = None) -> None:
     if argv[0] in EXTRA_SUBCOMMANDS:
         target, _ = EXTRA_SUBCOMMANDS[argv[0]]
         module_name, function = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise
-            sys.exit(f"unlearn: the '{argv[0]}' subcommand is not available in this version")
-        run, run_args = getattr(module, function), argv[1:]
+        run, run_args = getattr(importlib.import_module(module_name), function), argv[1:]
     else:
         run, run_args = run_lightning, argv
     try:
