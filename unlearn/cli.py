@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -127,6 +128,14 @@ def main(args: Sequence[str] | None = None) -> None:
 def run_lightning(args: Sequence[str]) -> UnlearnCLI:
     """Run a LightningCLI subcommand (``fit``, ``validate``, ``test``, ``predict``)."""
     _import_task_modules()
+    with warnings.catch_warnings():
+        # We always pass the arguments explicitly (``main`` strips the subcommand dispatch), so
+        # LightningCLI's warning about ``args`` next to ``sys.argv`` is noise for every run.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return _build_cli(args)
+
+
+def _build_cli(args: Sequence[str]) -> UnlearnCLI:
     return UnlearnCLI(
         model_class=BaseTask,
         datamodule_class=BaseDataModule,
