@@ -12,14 +12,19 @@ For a model and data set size N it prints, per checkpoint:
   *FLOP-weighted* (each pass counted by the FLOPs it really costs, measured with
   ``torch.utils.flop_counter.FlopCounterMode``: a pass over only the layers after the
   measured one, a backward that stops at the measured layer; an epoch is N training steps);
-- with ``--agreement``: on a trained quickstart checkpoint, the Spearman rank agreement of
-  (b) in several settings and of (c) with (a), and the seconds each took.
+- with ``--agreement``: on trained quickstart checkpoints, the Spearman rank agreement of
+  (b) in several settings (probe size, batch, steps) and of (c) with (a), and the seconds
+  each took, per checkpoint and as the minimum over checkpoints;
+- with ``--pair``: the seconds of (b) with the descent and ascent chains run one after the
+  other and paired (``SALSettings.pair_directions``), medians over ``--repeats``, and their
+  ratio (the values are the same; the check is printed).
 
 Examples::
 
     python benchmarks/sal_cost.py --setting cifar --model resnet18          # counts only
     python benchmarks/sal_cost.py --setting cifar --model small_cnn --time  # + seconds of (b)
     python benchmarks/sal_cost.py --setting quickstart --agreement          # (a) vs (b), (c)
+    python benchmarks/sal_cost.py --setting quickstart --pair --batch 256   # paired chains
 """
 
 from __future__ import annotations
@@ -160,6 +165,7 @@ def batches_of(x: torch.Tensor, y: torch.Tensor, size: int) -> list:
 def agreement(args: argparse.Namespace) -> None:
     """Spearman agreement of (b) settings and (c) with (a) on quickstart checkpoints."""
     base = SALSettings()
+    worst: dict[str, float] = {}
     for epochs in args.checkpoints:
         model, x, y = train_quickstart(epochs)
         n = len(y) // PUBLISHED_BATCH * PUBLISHED_BATCH
@@ -173,24 +179,60 @@ def agreement(args: argparse.Namespace) -> None:
             f"\ncheckpoint after {epochs} epoch(s); (a) on N={n}: {time.perf_counter() - t0:.1f} s"
         )
         print(f"  (a) SAL: {np.array2string(a_sal, precision=3)}")
-        probe_idx = order[: args.probe]
-        px, py = x[probe_idx], y[probe_idx]
-        for batch, steps in args.grid:
+        for probe, batch, steps in args.grid:
+            px, py = x[order[:probe]], y[order[:probe]]
             s = replace(base, steps_per_iter=steps)
             t0 = time.perf_counter()
             res = compute_sal(model, batches_of(px, py, batch), settings=s)
             sec = time.perf_counter() - t0
             b_sal = np.array([r.sal for r in res])
             ratio = np.median(b_sal / np.where(a_sal == 0, np.nan, a_sal))
+            rho = spearman(a_sal, b_sal)
+            label = f"(b) probe {probe:4} batch {batch:4} steps/iter {steps:3}"
+            worst[label] = min(worst.get(label, 1.0), rho)
             print(
-                f"  (b) probe {args.probe} batch {batch:4} steps/iter {steps:3}: "
-                f"rho {spearman(a_sal, b_sal):+.3f}, median SAL ratio to (a) {ratio:.2f}, "
+                f"  {label}: rho {rho:+.3f}, median SAL ratio to (a) {ratio:.2f}, "
                 f"{sec:6.1f} s  {np.array2string(b_sal, precision=3)}"
             )
+        px, py = x[order[: args.probe]], y[order[: args.probe]]
         t0 = time.perf_counter()
         fo = first_order_sal(model, batches_of(px, py, 256))
         sec = time.perf_counter() - t0
-        print(f"  (c) first-order: rho {spearman(a_sal, list(fo.values())):+.3f}, {sec:.2f} s")
+        rho = spearman(a_sal, list(fo.values()))
+        label = f"(c) first-order, probe {args.probe}"
+        worst[label] = min(worst.get(label, 1.0), rho)
+        print(f"  {label}: rho {rho:+.3f}, {sec:.2f} s")
+    print(f"\nminimum rho over checkpoints {args.checkpoints}:")
+    for label, rho in worst.items():
+        print(f"  {label}: {rho:+.3f}")
+
+
+def pair_timing(args: argparse.Namespace, model: nn.Module, shape: tuple, classes: int) -> None:
+    """Seconds of (b) with the two chains one after the other and paired, and the ratio."""
+    probe = args.probe
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(probe, *shape, generator=g)
+    y = torch.randint(0, classes, (probe,), generator=g)
+    batches = batches_of(x, y, min(args.batch, probe))
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    values: dict[bool, list[float]] = {}
+    for _ in range(args.repeats):
+        for paired in (False, True):
+            s = SALSettings(
+                iters=args.pair_iters, steps_per_iter=args.steps, pair_directions=paired
+            )
+            t0 = time.perf_counter()
+            records = compute_sal(model, batches, settings=s)
+            seconds[paired].append(time.perf_counter() - t0)
+            values[paired] = [r.sal for r in records]
+    gap = max(abs(a - b) for a, b in zip(values[False], values[True], strict=True))
+    one, two = np.median(seconds[False]), np.median(seconds[True])
+    print(
+        f"  paired chains ({torch.get_num_threads()} threads, {args.pair_iters} iters, probe "
+        f"{probe} in batches of {min(args.batch, probe)}, {args.steps} steps/iter, median of "
+        f"{args.repeats}): one after the other {one:.2f} s, paired {two:.2f} s, "
+        f"ratio {two / one:.2f}; largest SAL difference {gap:.2e}"
+    )
 
 
 def main() -> None:
@@ -208,9 +250,12 @@ def main() -> None:
         "--grid",
         type=lambda s: tuple(int(v) for v in s.split("x")),
         nargs="+",
-        default=[(1024, 1), (1024, 2), (1024, 4), (256, 4), (128, 8)],
-        help="(b) settings to compare, as BATCHxSTEPS",
+        default=[(1024, 1024, 1), (1024, 256, 4), (512, 512, 1), (128, 128, 1)],
+        help="(b) settings to compare, as PROBExBATCHxSTEPS",
     )
+    parser.add_argument("--pair", action="store_true", help="time paired descent/ascent")
+    parser.add_argument("--pair-iters", type=int, default=2, help="SAL iterations for --pair")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of --pair timings")
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.setting == "quickstart":
@@ -269,6 +314,8 @@ def main() -> None:
             f"    one training epoch ~{epoch_sec:.0f} s (one step of 256 x N/256): "
             f"(b) = {sec_b / epoch_sec:.2f} epochs"
         )
+    if args.pair:
+        pair_timing(args, model, shape, classes)
     if args.agreement:
         agreement(args)
 

@@ -59,6 +59,19 @@ class Untraceable(TinyResNet):
         return super().forward(x)
 
 
+class BranchesOnActivations(TinyResNet):
+    """Control flow on an activation: fx cannot trace it and vmap cannot batch it when the
+    measured layer (the stem) feeds the condition."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        if h.abs().max() > 1e6:
+            h = h * 0.0
+        out = self.relu(self.bn(h))
+        out = self.relu(self.conv2(self.relu(self.conv1(out))) + self.shortcut(out))
+        return self.head(F.adaptive_avg_pool2d(out, 4))
+
+
 class MutatesCache(nn.Module):
     """The part that depends on ``c2`` modifies c1's output in place (a cached value)."""
 
@@ -173,21 +186,33 @@ def test_measured_layers_are_conv_and_linear_weights() -> None:
 
 
 @pytest.mark.parametrize(
-    ("batch", "steps", "cache"),
+    ("batch", "steps", "cache", "pair"),
     [
-        (16, None, True),  # one pass over 3 batches per iteration, separate evaluation
-        (16, 2, True),  # 2 steps per iteration, cycling through the batches
-        (48, 3, True),  # one batch: evaluation taken from the next step's forward pass
-        (16, None, False),  # the whole model, no caching
-        (48, 3, False),
+        (16, None, True, False),  # one pass over 3 batches per iteration, separate evaluation
+        (16, 2, True, False),  # 2 steps per iteration, cycling through the batches
+        (48, 3, True, False),  # one batch: evaluation taken from the next step's forward pass
+        (16, None, False, False),  # the whole model, no caching
+        (48, 3, False, False),
+        # descent and ascent vectorised together
+        (16, None, True, True),
+        (48, 3, True, True),
+        (16, 2, False, True),
     ],
 )
-def test_agrees_with_published_procedure(batch: int, steps: int | None, cache: bool) -> None:
+def test_agrees_with_published_procedure(
+    batch: int, steps: int | None, cache: bool, pair: bool
+) -> None:
     model = make_model()
     batches = make_batches(batch=batch)
-    # a large lr so the projection is active and the chains move far
+    # a large lr so the projection is active and the chains move far; different learning
+    # rates so a paired run that mixed up the two chains' steps would show
     settings = SALSettings(
-        iters=4, lr_min=0.5, lr_max=0.5, steps_per_iter=steps, cache_prefix=cache
+        iters=4,
+        lr_min=0.5,
+        lr_max=0.3,
+        steps_per_iter=steps,
+        cache_prefix=cache,
+        pair_directions=pair,
     )
     records = compute_sal(model, batches, settings=settings)
     assert [r.layer for r in records] == LAYERS
@@ -225,6 +250,18 @@ def test_untraceable_model_falls_back_to_whole_model() -> None:
     assert not any(r.cached for r in records)
     for r in records:
         assert r.sal == pytest.approx(naive_sal(model, batches, r.layer, s)["sal"], abs=1e-5)
+
+
+def test_pairing_falls_back_where_vmap_cannot_batch() -> None:
+    model = make_model(BranchesOnActivations)
+    batches = make_batches()
+    s = SALSettings(iters=2, steps_per_iter=2, lr_min=0.5, lr_max=0.5, pair_directions=True)
+    with pytest.warns(UserWarning, match="SAL of stem: descent and ascent cannot be vectorised"):
+        (record,) = compute_sal(model, batches, ["stem"], settings=s)
+    assert not record.cached
+    expected = naive_sal(model, batches, "stem", s)
+    assert record.s_max == pytest.approx(expected["s_max"], abs=1e-5)
+    assert record.s_min == pytest.approx(expected["s_min"], abs=1e-5)
 
 
 def test_suffix_that_mutates_a_cached_value_falls_back() -> None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -44,6 +45,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map
 
 from unlearn.sharpness.prefix_cache import FullRunner, SuffixRunner, trace
 
@@ -88,6 +90,11 @@ class SALSettings:
         cache_prefix: Cache the activations that do not depend on the measured layer and
             recompute only the rest (falls back to the whole model where the model cannot
             be traced or split).
+        pair_directions: Run the descent and ascent chains together, the two weights
+            stacked and the forward pass vectorised with ``torch.func.vmap`` (falls back
+            to one chain after the other, with a warning, where the model cannot be
+            vectorised). Same values; faster where one forward pass does not fill the
+            device (small probe batches on a GPU), slower on a CPU (see docs/sal_ud.md).
     """
 
     eps: float = 0.05
@@ -96,6 +103,7 @@ class SALSettings:
     lr_max: float = 0.1
     steps_per_iter: int | None = None
     cache_prefix: bool = True
+    pair_directions: bool = False
 
     def __post_init__(self) -> None:
         """Reject values that cannot define a measurement."""
@@ -237,51 +245,114 @@ class _Probe:
             correct = float(self.correct_fn(outputs, self.targets[b]))
         return loss, correct
 
-    @torch.no_grad()
-    def evaluate(
-        self, runner: FullRunner | SuffixRunner, w: Tensor, states: list[Any]
-    ) -> tuple[float, float]:
-        """Mean loss and accuracy over all probe batches at weight ``w``."""
-        loss_sum, correct = 0.0, 0.0
-        for b, state in enumerate(states):
-            loss, c = self.score(runner(w, state), b)
-            loss_sum += float(loss) * self.sizes[b]
-            correct += c
-        return loss_sum / self.total, correct / self.total
+
+#: ``forward(w, state)``: the model outputs for each of the stacked weights ``w[d]``.
+StackedForward = Callable[[Tensor, Any], list[Any]]
 
 
-def _chain(
-    runner: FullRunner | SuffixRunner,
+def _one_by_one(runner: FullRunner | SuffixRunner) -> StackedForward:
+    return lambda w, state: [runner(w[d], state) for d in range(w.shape[0])]
+
+
+def _vectorised(runner: FullRunner | SuffixRunner) -> StackedForward:
+    batched = torch.func.vmap(runner, in_dims=(0, None))
+
+    def forward(w: Tensor, state: Any) -> list[Any]:
+        outputs = batched(w, state)
+        return [tree_map(lambda t, d=d: t[d], outputs) for d in range(w.shape[0])]
+
+    return forward
+
+
+def _chains(
+    forward: StackedForward,
     states: list[Any],
     probe: _Probe,
     w0: Tensor,
-    lr: float,
-    sign: float,
+    directions: Sequence[tuple[float, float]],
     settings: SALSettings,
-) -> list[tuple[float, float]]:
-    """Run one direction; the (loss, accuracy) on the probe set after each iteration."""
+) -> list[list[tuple[float, float]]]:
+    """Run independent chains from ``w0`` in lockstep, one per (lr, sign) direction.
+
+    The chains' weights are stacked ``[D, *w0.shape]``; each step takes one forward pass
+    through ``forward`` and one gradient of the signed losses' sum (the chains do not
+    interact, so each weight gets its own chain's gradient).
+
+    Returns:
+        Per direction, the (loss, accuracy) on the probe set after each iteration.
+    """
     steps = settings.steps_per_iter or len(states)
     single = len(states) == 1
     radius = settings.eps * w0.norm()
-    w = w0.clone()
-    history: list[tuple[float, float]] = []
+    shape = (-1,) + (1,) * w0.dim()
+    lrs = torch.tensor([lr for lr, _ in directions], dtype=w0.dtype, device=w0.device)
+    signs = [sign for _, sign in directions]
+    w = w0.expand(len(directions), *w0.shape).clone()
+    histories: list[list[tuple[float, float]]] = [[] for _ in directions]
     cursor = 0
     for k in range(settings.iters):
         for j in range(steps):
             b = cursor % len(states)
             cursor += 1
             w.requires_grad_(True)
-            loss, correct = probe.score(runner(w, states[b]), b)
+            scores = [probe.score(out, b) for out in forward(w, states[b])]
             if single and j == 0 and k > 0:  # loss at the point projected in iteration k-1
-                history.append((float(loss.detach()), correct / probe.total))
-            (grad,) = torch.autograd.grad(sign * loss, w)
-            w = w.detach() - lr * grad
-        w = _project(w, w0, radius)
+                for history, (loss, correct) in zip(histories, scores, strict=True):
+                    history.append((float(loss.detach()), correct / probe.total))
+            objective = sum(sign * loss for sign, (loss, _) in zip(signs, scores, strict=True))
+            (grad,) = torch.autograd.grad(objective, w)
+            w = w.detach() - lrs.view(shape) * grad
+        w = torch.stack([_project(w[d], w0, radius) for d in range(len(directions))])
         if not single:
-            history.append(probe.evaluate(runner, w, states))
+            for history, result in zip(
+                histories, _evaluate(forward, states, probe, w), strict=True
+            ):
+                history.append(result)
     if single:
-        history.append(probe.evaluate(runner, w, states))
-    return history
+        for history, result in zip(histories, _evaluate(forward, states, probe, w), strict=True):
+            history.append(result)
+    return histories
+
+
+@torch.no_grad()
+def _evaluate(
+    forward: StackedForward, states: list[Any], probe: _Probe, w: Tensor
+) -> list[tuple[float, float]]:
+    """Mean loss and accuracy over all probe batches at each stacked weight ``w[d]``."""
+    loss_sum = [0.0] * w.shape[0]
+    correct = [0.0] * w.shape[0]
+    for b, state in enumerate(states):
+        for d, out in enumerate(forward(w, state)):
+            loss, c = probe.score(out, b)
+            loss_sum[d] += float(loss) * probe.sizes[b]
+            correct[d] += c
+    return [(ls / probe.total, c / probe.total) for ls, c in zip(loss_sum, correct, strict=True)]
+
+
+def _descent_and_ascent(
+    runner: FullRunner | SuffixRunner,
+    states: list[Any],
+    probe: _Probe,
+    w0: Tensor,
+    layer: str,
+    settings: SALSettings,
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """The descent and the ascent chain of one layer, paired where the settings ask."""
+    descent, ascent = (settings.lr_min, 1.0), (settings.lr_max, -1.0)
+    if settings.pair_directions:
+        try:
+            down, up = _chains(_vectorised(runner), states, probe, w0, [descent, ascent], settings)
+            return down, up
+        except RuntimeError as err:  # an operation vmap cannot batch
+            warnings.warn(
+                f"SAL of {layer}: descent and ascent cannot be vectorised ({err}); "
+                "running them one after the other",
+                stacklevel=4,
+            )
+    forward = _one_by_one(runner)
+    (down,) = _chains(forward, states, probe, w0, [descent], settings)
+    (up,) = _chains(forward, states, probe, w0, [ascent], settings)
+    return down, up
 
 
 def _layer_sal(
@@ -312,8 +383,7 @@ def _layer_sal(
         runner = FullRunner(model, param)
         states = [runner.prepare(x) for x in probe.inputs]
 
-    descent = _chain(runner, states, probe, w0, settings.lr_min, 1.0, settings)
-    ascent = _chain(runner, states, probe, w0, settings.lr_max, -1.0, settings)
+    descent, ascent = _descent_and_ascent(runner, states, probe, w0, layer, settings)
     loss_min, acc_at_min = loss0, acc0
     for loss, acc in descent:
         if loss < loss_min:
