@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning import Trainer
@@ -292,3 +293,260 @@ def test_image_defenses_transform_training_rgb_only(scenes: Path) -> None:
 def test_defenses_that_move_pixels_are_refused() -> None:
     with pytest.raises(ValueError, match=r"\['CutMix'\] move pixels"):
         small(defenses=[CutMix()])
+
+
+# ---------------------------------------------------------------- SharpnessCallback, per task
+SAL_TASKS = ["class_scene", "segment_semantic", "depth_euclidean"]
+SAL_SMALL = {
+    "probe_size": 4,
+    "probe_batch_size": 2,
+    "steps_per_iter": 1,
+    "iters": 1,
+    "eps": 0.5,
+    "lr_min": 2.0,
+    "lr_max": 2.0,
+}
+SAL_COMPARED = ("sal", "s_max", "s_min", "sal_acc", "loss0", "acc0")
+
+
+def fit_with_sal(
+    root: Path,
+    scenes: Path,
+    callbacks: list,
+    epochs: int = 2,
+    ckpt_path: str | None = None,
+    version: int = 0,
+) -> tuple[Trainer, MultiTaskTask]:
+    from lightning import seed_everything
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    seed_everything(0)
+    task = small(tasks=SAL_TASKS)
+    trainer = Trainer(
+        max_epochs=epochs,
+        limit_val_batches=1,
+        accelerator="cpu",
+        logger=TensorBoardLogger(root, name="run", version=version),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    trainer.fit(task, datamodule=data_module(scenes, ["rgb", *SAL_TASKS]), ckpt_path=ckpt_path)
+    return trainer, task
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def sal_run(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A 2-epoch multi-task run with per-task SAL at both epochs and a last checkpoint."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from unlearn.callbacks import SharpnessCallback
+
+    root = tmp_path_factory.mktemp("sal_run")
+    checkpoint = ModelCheckpoint(dirpath=root / "ckpt", save_last=True)
+    callback = SharpnessCallback(first_order=True, **SAL_SMALL)
+    trainer, _ = fit_with_sal(root, scenes, [callback, checkpoint])
+    log_dir = Path(trainer.log_dir)
+    return {"root": root, "log_dir": log_dir, "csv": log_dir / "sal.csv"}
+
+
+def test_sal_callback_per_task_rows_equal_per_task_sal(scenes: Path, sal_run: dict) -> None:
+    from torch.utils.data import default_collate
+
+    from unlearn.callbacks.sharpness import TASK_CSV_COLUMNS
+    from unlearn.sharpness import SALSettings
+    from unlearn.sharpness.ud import sal_tasks
+
+    rows = read_csv(sal_run["csv"])
+    assert list(rows[0]) == list(TASK_CSV_COLUMNS)
+    assert sal_tasks(sal_run["csv"]) == SAL_TASKS
+    assert sorted({int(r["step"]) for r in rows}) == [1, 2]  # one batch per epoch
+    # the final checkpoint's weights, reloaded, measured on the same probe draw
+    model = MultiTaskTask.load_from_checkpoint(sal_run["root"] / "ckpt" / "last.ckpt")
+    dataset = data_module(scenes, ["rgb", *SAL_TASKS]).probe_dataset()
+    chosen = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:4]
+    items = [dataset[i] for i in chosen.tolist()]
+    batches = [default_collate(items[:2]), default_collate(items[2:])]
+    expected = per_task_sal(
+        model,
+        batches,
+        None,
+        SALSettings(iters=1, steps_per_iter=1, eps=0.5, lr_min=2.0, lr_max=2.0),
+    )
+    assert list(expected) == SAL_TASKS
+    for name, records in expected.items():
+        written = [r for r in rows if r["task"] == name and int(r["step"]) == 2]
+        assert [r["layer"] for r in written] == [r.layer for r in records]
+        assert sum(r["layer"].startswith("encoder.") for r in written) == 8
+        assert all(r["layer"].startswith(("encoder.", "head.")) for r in written)
+        for row, record in zip(written, records, strict=True):
+            for key in SAL_COMPARED:
+                assert float(row[key]) == getattr(record, key), (name, row["layer"], key)
+
+
+def test_sal_callback_logs_per_task_scalars_and_similarity(sal_run: dict) -> None:
+    from tb import read_scalars
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from unlearn.sharpness import two_means_threshold
+
+    rows = read_csv(sal_run["csv"])
+    scalars = read_scalars(sal_run["log_dir"])
+    for step in (1, 2):
+        now = [r for r in rows if int(r["step"]) == step]
+        sal = {t: {r["layer"]: float(r["sal"]) for r in now if r["task"] == t} for t in SAL_TASKS}
+        for name, values in sal.items():
+            logged = dict(scalars[f"sal/{name}/mean"])[step]
+            assert logged == pytest.approx(np.mean(list(values.values())), rel=1e-6)
+            for layer, value in values.items():
+                assert dict(scalars[f"sal/{name}/{layer}"])[step] == pytest.approx(value, rel=1e-6)
+            count = np.array(list(values.values())) > two_means_threshold(list(values.values()))
+            assert dict(scalars[f"lp/{name}/count"])[step] == count.sum()  # no reference: own
+            assert -1.0 <= dict(scalars[f"sal/{name}/first_order_rho"])[step] <= 1.0
+        names, shared, matrix = task_similarity(sal)
+        assert names == SAL_TASKS and len(shared) == 8
+        for i, j in ((0, 1), (0, 2), (1, 2)):
+            logged = dict(scalars[f"similarity/{names[i]}/{names[j]}"])[step]
+            assert logged == pytest.approx(float(matrix[i, j]), abs=1e-6)
+            a = np.array([sal[names[i]][layer] for layer in shared])
+            b = np.array([sal[names[j]][layer] for layer in shared])
+            cosine = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+            assert logged == pytest.approx(cosine, abs=1e-5)
+    assert not any(tag.startswith("similarity/") and tag.count("/") != 2 for tag in scalars)
+    assert "similarity/segment_semantic/class_scene" not in scalars  # a before b only
+    assert "ud/class_scene" not in scalars and "sal/mean" not in scalars
+    (events,) = sal_run["log_dir"].glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events), size_guidance={"images": 0, "histograms": 0})
+    accumulator.Reload()
+    images = set(accumulator.Tags()["images"])
+    assert {"sal/task_similarity", *(f"sal/{t}/heatmap" for t in SAL_TASKS)} <= images
+
+
+def test_sal_callback_per_task_ud_against_itself_is_one(
+    scenes: Path, sal_run: dict, tmp_path: Path
+) -> None:
+    from tb import read_scalars
+
+    from unlearn.callbacks import SharpnessCallback
+
+    callback = SharpnessCallback(reference=str(sal_run["csv"]), **SAL_SMALL)
+    trainer, _ = fit_with_sal(tmp_path, scenes, [callback])
+    again = read_csv(Path(trainer.log_dir) / "sal.csv")
+    first = read_csv(sal_run["csv"])
+    # the same seed and data: the same values (timings aside), so UD(t) is exactly 1
+    assert [{k: r[k] for k in ("task", "layer", *SAL_COMPARED)} for r in again] == [
+        {k: r[k] for k in ("task", "layer", *SAL_COMPARED)} for r in first
+    ]
+    scalars = read_scalars(Path(trainer.log_dir))
+    for name in SAL_TASKS:
+        assert [v for _, v in scalars[f"ud/{name}"]] == [1.0, 1.0]
+        assert [v for _, v in scalars[f"lp/{name}/ratio"]] == [1.0, 1.0]
+    assert "ud" not in scalars
+
+
+def test_sal_callback_resumed_multitask_run_has_no_duplicates(
+    scenes: Path, sal_run: dict, tmp_path: Path
+) -> None:
+    from unlearn.callbacks import SharpnessCallback
+
+    trainer, _ = fit_with_sal(
+        sal_run["root"],
+        scenes,
+        [SharpnessCallback(**SAL_SMALL)],
+        epochs=3,
+        ckpt_path=str(sal_run["root"] / "ckpt" / "last.ckpt"),
+        version=1,  # a new log directory: the history comes from the checkpoint
+    )
+    rows = read_csv(Path(trainer.log_dir) / "sal.csv")
+    first = read_csv(sal_run["csv"])
+    assert rows[: len(first)] == first
+    per_step = len(first) // 2
+    assert [int(r["epoch"]) for r in rows] == [0] * per_step + [1] * per_step + [2] * per_step
+    keys = [(r["step"], r["task"], r["layer"]) for r in rows]
+    assert len(set(keys)) == len(keys)
+
+
+def test_sal_callback_refuses_a_reference_of_other_tasks(scenes: Path, tmp_path: Path) -> None:
+    import csv
+
+    from unlearn.callbacks import SharpnessCallback
+    from unlearn.sharpness import SAL_COLUMNS
+
+    single, other = tmp_path / "single.csv", tmp_path / "other.csv"
+    row = [0, 1, "encoder.stem", 5, 0.1, 0.1, 0.0, 0.0, 2.3, 0.1]
+    with single.open("w", newline="") as f:
+        csv.writer(f).writerows([SAL_COLUMNS, row])
+    with other.open("w", newline="") as f:
+        csv.writer(f).writerows([[*SAL_COLUMNS, "task"], [*row, "class_scene"], [*row, "normal"]])
+    with pytest.raises(ValueError, match="only in this model: \\['segment_semantic', 'depth"):
+        fit_with_sal(tmp_path, scenes, [SharpnessCallback(reference=str(other), **SAL_SMALL)])
+    with pytest.raises(ValueError, match=r"single\.csv has no task column"):
+        fit_with_sal(tmp_path, scenes, [SharpnessCallback(reference=str(single), **SAL_SMALL)])
+
+
+@pytest.mark.slow
+def test_sal_callback_ddp_two_processes_equal_single_process(scenes: Path, tmp_path: Path) -> None:
+    """(task, layer) units split across 2 CPU processes give the single-process values.
+
+    lr 0 keeps the weights at the seeded initialisation; without augmentation and without
+    the distributed sampler every process trains on the single process's one batch (all 4
+    training samples), so batch norm's running statistics, and the model at the checkpoint,
+    are the same.
+    """
+    import yaml
+    from conftest import run_cli
+
+    preset = yaml.safe_load((REPO / "callbacks" / "sal.yaml").read_text())
+    preset["trainer"]["callbacks+"][0]["init_args"].update(SAL_SMALL)
+    small_preset = tmp_path / "sal_small.yaml"
+    small_preset.write_text(yaml.safe_dump(preset))
+    tables = {}
+    ddp_args = [
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.use_distributed_sampler=false",
+    ]
+    for name, extra in (("single", []), ("ddp", ddp_args)):
+        out = tmp_path / name
+        result = run_cli(
+            "fit",
+            "--config",
+            str(REPO / "configs" / "multitask_quickstart.yaml"),
+            "--config",
+            str(small_preset),
+            f"--model.init_args.tasks={SAL_TASKS}",
+            "--model.init_args.width=4",
+            "--model.init_args.head_width=4",
+            "--model.init_args.lr=0.0",
+            f"--data.init_args.root={scenes}",
+            f"--data.init_args.domains={['rgb', *SAL_TASKS]}",
+            "--data.init_args.image_size=16",
+            "--data.init_args.train_buildings=[hanson]",
+            "--data.init_args.val_buildings=[wiconisco]",
+            "--data.init_args.test_buildings=[ihlen]",
+            "--data.init_args.batch_size=4",
+            "--data.init_args.augment=false",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_val_batches=1",
+            f"--trainer.default_root_dir={out}",
+            f"--trainer.logger.init_args.save_dir={out}",
+            *extra,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        (path,) = out.rglob("sal.csv")
+        tables[name] = read_csv(path)
+    single, ddp = tables["single"], tables["ddp"]
+    assert [(r["task"], r["layer"]) for r in ddp] == [(r["task"], r["layer"]) for r in single]
+    assert [r["task"] for r in single[:: len(single) // 3]] == SAL_TASKS
+    for a, b in zip(single, ddp, strict=True):
+        for key in SAL_COMPARED:
+            assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-5), (a["layer"], key)

@@ -238,3 +238,68 @@ def test_different_layer_sets_and_too_few_checkpoints(tmp_path: Path) -> None:
         ud(clean, other)
     with pytest.raises(ValueError, match=r"clean\.csv: too few checkpoints: 2, need 3"):
         ud(clean, clean, t=3)
+
+
+EM = [[0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.6, 0.0]]
+
+
+def multitask_rows(per_task: dict[str, list[list[float]]]) -> list[dict]:
+    """Rows of a multi-task run's sal.csv: per checkpoint, each task's layers."""
+    rows = []
+    for t in range(2):
+        for task, sal in per_task.items():
+            rows += [{**r, "task": task} for r in rows_of(sal) if r["epoch"] == t]
+    return rows
+
+
+def test_read_one_task_of_a_multitask_table(tmp_path: Path) -> None:
+    from unlearn.sharpness.ud import sal_tasks
+
+    rows = multitask_rows({"segment_semantic": CLEAN, "class_scene": EM})
+    rows[5]["sal"] = "abc"  # class_scene, l1, checkpoint 0: line 7 of the file
+    path = write_csv(tmp_path / "mt.csv", rows, [*SAL_COLUMNS, "task"])
+    assert sal_tasks(path) == ["segment_semantic", "class_scene"]
+    seg = SalTable.read(path, task="segment_semantic")
+    assert seg.task == "segment_semantic" and seg.sal.tolist() == CLEAN
+    assert seg.first(1).task == "segment_semantic"
+    # the unreadable value is named by its line in the file (header = line 1)
+    with pytest.raises(ValueError, match=r"mt\.csv, row 7: unreadable"):
+        SalTable.read(path, task="class_scene")
+    rows[5]["sal"] = EM[0][1]
+    path = write_csv(tmp_path / "mt.csv", rows, [*SAL_COLUMNS, "task"])
+    tables = SalTable.read_tasks(path)
+    assert list(tables) == ["segment_semantic", "class_scene"]
+    assert tables["class_scene"].sal.tolist() == EM
+    row = ud(tables["segment_semantic"], tables["class_scene"])
+    assert row["task"] == "class_scene" and row["ud"] == pytest.approx(0.5)
+    assert list(row)[:4] == ["poisoned", "clean", "task", "checkpoints"]
+    assert "task" not in ud(table(CLEAN), table(EM))
+
+
+def test_multitask_table_errors_name_the_file_and_tasks(tmp_path: Path) -> None:
+    from unlearn.sharpness.ud import SalTableError, sal_tasks
+
+    rows = multitask_rows({"segment_semantic": CLEAN, "class_scene": EM})
+    path = write_csv(tmp_path / "mt.csv", rows, [*SAL_COLUMNS, "task"])
+    with pytest.raises(
+        SalTableError,
+        match=r"mt\.csv: a multi-task SAL table \(tasks \['segment_semantic', 'class_scene'\]\); "
+        r"choose one task",
+    ):
+        SalTable.read(path)
+    with pytest.raises(
+        SalTableError,
+        match=r"mt\.csv: no rows of task 'normal'; tasks in it: \['segment_semantic', "
+        r"'class_scene'\]",
+    ):
+        SalTable.read(path, task="normal")
+    single = write_csv(tmp_path / "single.csv", rows_of(CLEAN), list(SAL_COLUMNS))
+    assert sal_tasks(single) == []
+    with pytest.raises(SalTableError, match=r"single\.csv: no rows of task 'x'; .*no task column"):
+        SalTable.read(single, task="x")
+    with pytest.raises(SalTableError, match=r"single\.csv: no task column"):
+        SalTable.read_tasks(single)
+    rows[0]["task"] = ""
+    partly = write_csv(tmp_path / "partly.csv", rows, [*SAL_COLUMNS, "task"])
+    with pytest.raises(SalTableError, match=r"partly\.csv: some rows have a task and some"):
+        SalTable.read(partly, task="class_scene")

@@ -112,3 +112,63 @@ def test_command_line_error_has_no_traceback(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "bad.csv: missing column(s) ['s_min']" in result.stderr
+
+
+def write_multitask(path: Path, per_task: dict[str, list[list[float]]]) -> Path:
+    """A multi-task run's sal.csv: per checkpoint, each task's rows (layers block0..3)."""
+    parts = {task: write_sal(path.with_suffix(f".{task}"), sal) for task, sal in per_task.items()}
+    tables = {task: list(csv.DictReader(p.open(newline=""))) for task, p in parts.items()}
+    rows = [
+        {**row, "task": task}
+        for t in range(2)
+        for task, table in tables.items()
+        for row in table
+        if int(row["epoch"]) == t
+    ]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_multitask_rows_per_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clean = write_multitask(tmp_path / "clean.csv", {"class_scene": CLEAN, "normal": CLEAN})
+    # the same tasks in another order: rows follow the clean file's task order
+    em = write_multitask(tmp_path / "em.csv", {"normal": CLEAN, "class_scene": EM})
+    out = tmp_path / "ud.json"
+    rows = main(["--clean", str(clean), "--poisoned", str(em), str(clean), "--json", str(out)])
+    written = json.loads(out.read_text())
+    assert [(r["poisoned"], r["task"]) for r in written] == [
+        (str(em), "class_scene"),
+        (str(em), "normal"),
+        (str(clean), "class_scene"),
+        (str(clean), "normal"),
+    ]
+    assert [r["ud"] for r in written] == [pytest.approx(0.5), 1.0, 1.0, 1.0]
+    assert written[0]["beta"] == pytest.approx(0.55) and written[0]["lp_poisoned"] == 1.0
+    assert rows == written
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["poisoned", "task", "T"]
+    assert lines[1].split()[:2] == [str(em), "class_scene"]
+    assert lines[1].split()[6] == "0.5"  # the UD column
+
+
+def test_multitask_different_task_sets_are_refused(tmp_path: Path) -> None:
+    clean = write_multitask(tmp_path / "clean.csv", {"class_scene": CLEAN, "normal": CLEAN})
+    em = write_multitask(tmp_path / "em.csv", {"class_scene": EM, "depth_euclidean": CLEAN})
+    message = f"different task sets: only in {clean}: ['normal']; only in {em}: ['depth_euclidean']"
+    with pytest.raises(UnlearnError, match=re.escape(message)):
+        main(["--clean", str(clean), "--poisoned", str(em)])
+    single = tmp_path / "single.csv"  # no task column
+    rows = list(csv.DictReader(write_sal(single, EM).open(newline="")))
+    with single.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SAL_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    message = (
+        f"{clean} is a multi-task run's SAL table (tasks ['class_scene', 'normal']), {single} "
+        "a single-task run's"
+    )
+    with pytest.raises(UnlearnError, match=re.escape(message)):
+        main(["--clean", str(clean), "--poisoned", str(single)])

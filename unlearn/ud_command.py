@@ -8,6 +8,10 @@ the parameter-weighted UD, and UD under the robustness thresholds (3-means upper
 50/75/90th percentiles of the clean SAL values). ``--json`` writes the same rows as a list
 of objects (keys ``poisoned``, ``beta``, ``lp_clean``, ``lp_poisoned``, ``ud``,
 ``ud_weighted`` and the rest of :func:`unlearn.sharpness.ud.ud`).
+
+Multi-task runs: where the clean and the poisoned files both have a ``task`` column, each
+task is scored against the same task of the clean run (its own beta), one row per poisoned
+file and task, with the key ``task``; the two files must hold the same tasks.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from unlearn.sharpness.ud import SalTable, ud
+from unlearn.sharpness.ud import SalTable, SalTableError, sal_tasks, ud
 
 
 def build_parser() -> ArgumentParser:
@@ -48,13 +52,15 @@ def _fmt(value: float) -> str:
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as a fixed-width text table (one line per poisoned run)."""
+    """The rows as a fixed-width text table (one line per poisoned run, or run and task)."""
     variants = [k[3:] for k in rows[0] if k.startswith("ud_") and k != "ud_weighted"]
-    header = ["poisoned", "T", "beta", "#LP clean", "#LP poisoned", "UD", "UD weighted"]
-    header += [f"UD {v}" for v in variants]
+    tasks = any("task" in row for row in rows)
+    header = ["poisoned", *(["task"] if tasks else []), "T", "beta", "#LP clean"]
+    header += ["#LP poisoned", "UD", "UD weighted", *(f"UD {v}" for v in variants)]
     lines = [header]
     for row in rows:
-        line = [str(row["poisoned"]), str(row["checkpoints"])]
+        line = [str(row["poisoned"]), *([str(row.get("task", ""))] if tasks else [])]
+        line.append(str(row["checkpoints"]))
         line += [_fmt(row[k]) for k in ("beta", "lp_clean", "lp_poisoned", "ud", "ud_weighted")]
         line += [_fmt(row[f"ud_{v}"]) for v in variants]
         lines.append(line)
@@ -83,9 +89,36 @@ def _write_json(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def run(clean: str, poisoned: Sequence[str], checkpoints: int | None = None) -> list[dict]:
-    """UD rows of each poisoned run against the clean run (see :func:`unlearn.sharpness.ud.ud`)."""
-    reference = SalTable.read(clean)
-    return [ud(reference, SalTable.read(p), t=checkpoints) for p in poisoned]
+    """UD rows of each poisoned run against the clean run (see :func:`unlearn.sharpness.ud.ud`).
+
+    Where both files are multi-task runs' (a ``task`` column), one row per poisoned run and
+    task, each task against the clean run's same task.
+
+    Raises:
+        SalTableError: Also where two multi-task files hold different tasks.
+    """
+    clean_tasks = sal_tasks(clean)
+    rows = []
+    for path in poisoned:
+        tasks = sal_tasks(path)
+        if not (clean_tasks and tasks):
+            for multi, other, found in ((clean, path, clean_tasks), (path, clean, tasks)):
+                if len(found) > 1:
+                    raise SalTableError(
+                        f"{multi} is a multi-task run's SAL table (tasks {found}), {other} a "
+                        "single-task run's: compare multi-task runs with multi-task runs"
+                    )
+            rows.append(ud(SalTable.read(clean), SalTable.read(path), t=checkpoints))
+            continue
+        if set(tasks) != set(clean_tasks):
+            raise SalTableError(
+                f"different task sets: only in {clean}: "
+                f"{[t for t in clean_tasks if t not in tasks]}; only in {path}: "
+                f"{[t for t in tasks if t not in clean_tasks]}"
+            )
+        references, tables = SalTable.read_tasks(clean), SalTable.read_tasks(path)
+        rows += [ud(references[t], tables[t], t=checkpoints) for t in clean_tasks]
+    return rows
 
 
 def main(args: Sequence[str] | None = None) -> list[dict]:

@@ -13,8 +13,21 @@ set fixed for the run, then
   ``lp/ratio`` to every logger, and to TensorBoard a layers x checkpoints heatmap
   (``sal/heatmap``) and a histogram (``sal/histogram``).
 
-Under DDP the layers are split across the processes by cost (:mod:`unlearn.sharpness.shard`),
-the results gathered, and only rank zero logs and writes. The computation uses
+**Multi-task runs.** Where ``pl_module`` has ``sal_views()`` (e.g.
+:class:`~unlearn.tasks.multitask.MultiTaskTask`), each task is measured as its own model: the
+shared encoder with the task's head (layers ``encoder.*`` and ``head.*``), that task's loss
+and packed targets, on the probe set's ``rgb``. ``sal.csv`` then has a further column
+``task`` (rows per checkpoint, task and layer); the logged keys are ``sal/<task>/<layer>``,
+``sal/<task>/mean``, ``lp/<task>/count``, with a multi-task clean ``reference`` ``ud/<task>``
+and ``lp/<task>/ratio`` (each task against the reference's same task), and
+``similarity/<a>/<b>`` (cosine similarity of the tasks' SAL vectors over the shared layers,
+for each pair with ``a`` before ``b`` in the model's task order), and in TensorBoard
+``sal/<task>/heatmap``, ``sal/<task>/histogram`` and the annotated matrix
+``sal/task_similarity``.
+
+Under DDP the layers (of a multi-task run: the (task, layer) pairs) are split across the
+processes by cost (:mod:`unlearn.sharpness.shard`), the results gathered, and only rank zero
+logs and writes. The computation uses
 ``pl_module.model`` directly (not the DDP wrapper, so no gradient all-reduce fires), leaves
 the model, its gradients and the random streams as they were, and so does not change the
 training.
@@ -27,6 +40,8 @@ import io
 import logging
 import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +50,48 @@ import torch
 import torch.distributed as dist
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import default_collate
 
 from unlearn.sharpness import (
     SAL_COLUMNS,
     SALSettings,
     SalTable,
     compute_sal,
+    cross_entropy,
     first_order_sal,
     measured_layers,
     spearman,
+    top1_correct,
     two_means_threshold,
 )
 from unlearn.sharpness.shard import layer_costs, split_layers
+from unlearn.sharpness.ud import TASK_COLUMN, lp_count, ratio, sal_tasks
 from unlearn.sharpness.ud import beta as clean_beta
-from unlearn.sharpness.ud import lp_count, ratio
 
 log = logging.getLogger(__name__)
 
 #: Columns of the callback's ``sal.csv``: the required ones, then extras.
 CSV_COLUMNS: tuple[str, ...] = (*SAL_COLUMNS, "acc0", "acc_rise", "acc_drop", "cached")
+#: Columns of a multi-task run's ``sal.csv``: those of :data:`CSV_COLUMNS`, then ``task``.
+TASK_CSV_COLUMNS: tuple[str, ...] = (*CSV_COLUMNS, TASK_COLUMN)
+
+#: One unit of SAL work: (task, layer); the task is ``None`` in a single-task run.
+Unit = tuple[str | None, str]
+
+
+@dataclass
+class _Target:
+    """What SAL measures for one task (the whole model in a single-task run)."""
+
+    model: torch.nn.Module
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    correct_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    layers: list[str]
+
+
+def _key(kind: str, name: str, task: str | None) -> str:
+    """``kind/name``, or ``kind/task/name`` in a multi-task run."""
+    return f"{kind}/{name}" if task is None else f"{kind}/{task}/{name}"
 
 
 class SharpnessCallback(Callback):
@@ -76,16 +114,23 @@ class SharpnessCallback(Callback):
         lr_min: Learning rate of the descent.
         lr_max: Learning rate of the ascent.
         layers: Which layers to measure: ``None`` (every Conv and Linear), a regular
-            expression on module names, or a list of module names.
+            expression on module names, or a list of module names. In a multi-task run the
+            names are those of each task's view (``encoder.*``, ``head.*``).
         reference: A clean run's ``sal.csv``; enables the ``ud`` and ``lp/ratio`` curves.
+            A multi-task run needs a multi-task clean run's file (same tasks and layers).
         first_order: Also compute the first-order estimate and log its rank agreement with
-            the exact SAL (``sal/first_order_rho``); it never replaces the exact values.
+            the exact SAL (``sal/first_order_rho``, per task ``sal/<task>/first_order_rho``);
+            it never replaces the exact values.
         cache_prefix: Cache the activations that do not depend on the measured layer.
+        pair_directions: Run each layer's descent and ascent together (vectorised); same
+            values, faster only where one probe batch does not fill the device.
         seed: Seed of the probe subset.
         filename: Name of the SAL table in the log directory.
         dirpath: Directory of the SAL table; default: the trainer's ``log_dir``.
-        input_key: Key of the inputs in the probe items.
-        target_key: Key of the targets in the probe items.
+        input_key: Key of the inputs in the probe items (single-task runs; a multi-task
+            run's views take ``rgb``).
+        target_key: Key of the targets in the probe items (single-task runs; a multi-task
+            run's views pack their own targets).
     """
 
     def __init__(
@@ -102,6 +147,7 @@ class SharpnessCallback(Callback):
         reference: str | Path | None = None,
         first_order: bool = False,
         cache_prefix: bool = True,
+        pair_directions: bool = False,
         seed: int = 0,
         filename: str = "sal.csv",
         dirpath: str | Path | None = None,
@@ -126,9 +172,16 @@ class SharpnessCallback(Callback):
             lr_max=lr_max,
             steps_per_iter=steps_per_iter,
             cache_prefix=cache_prefix,
+            pair_directions=pair_directions,
         )
         self.layers = layers
-        self.reference = SalTable.read(reference) if reference is not None else None
+        # a single-task reference, or each task's of a multi-task one (a `task` column)
+        self.reference: SalTable | None = None
+        self.task_references: dict[str, SalTable] | None = None
+        if reference is not None and sal_tasks(reference):
+            self.task_references = SalTable.read_tasks(reference)
+        elif reference is not None:
+            self.reference = SalTable.read(reference)
         self.first_order = first_order
         self.seed = seed
         self.filename = filename
@@ -136,8 +189,9 @@ class SharpnessCallback(Callback):
         self.input_key = input_key
         self.target_key = target_key
         self.rows: list[dict[str, Any]] = []
-        self._probe: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._shards: list[list[str]] | None = None
+        # probe pairs per task (None: the single task), on the CPU, built once per run
+        self._probe: dict[str | None, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        self._shards: list[list[Unit]] | None = None
         self._batch_epoch: int | None = None  # epoch of the last training batch seen
 
     # ------------------------------------------------------------------ state
@@ -152,14 +206,34 @@ class SharpnessCallback(Callback):
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Check the layers against the reference; rewrite ``sal.csv`` of a resumed run."""
-        names = measured_layers(pl_module.model, self.layers)
-        if self.reference is not None and set(names) != set(self.reference.layers):
+        targets = self._targets(pl_module)
+        if None in targets:
+            if self.task_references is not None and len(self.task_references) == 1:
+                (self.reference,) = self.task_references.values()
+            elif self.task_references is not None:
+                raise ValueError(
+                    f"SharpnessCallback: the reference {self._reference_source()} is a "
+                    f"multi-task run's (tasks {list(self.task_references)}); this model has "
+                    "a single task"
+                )
+            if self.reference is not None:
+                self._check_layers(targets[None].layers, self.reference, "")
+        elif self.reference is not None:
             raise ValueError(
-                f"SharpnessCallback: the measured layers differ from the reference "
-                f"{self.reference.source}: only in this model: "
-                f"{sorted(set(names) - set(self.reference.layers))}; only in the reference: "
-                f"{sorted(set(self.reference.layers) - set(names))}"
+                f"SharpnessCallback: the reference {self.reference.source} has no task "
+                "column; a multi-task run needs a multi-task clean run's sal.csv"
             )
+        elif self.task_references is not None:
+            ours, theirs = list(targets), list(self.task_references)
+            if set(ours) != set(theirs):
+                raise ValueError(
+                    f"SharpnessCallback: the tasks differ from the reference "
+                    f"{self._reference_source()}: only in this model: "
+                    f"{[t for t in ours if t not in theirs]}; only in the reference: "
+                    f"{[t for t in theirs if t not in ours]}"
+                )
+            for task, target in targets.items():
+                self._check_layers(target.layers, self.task_references[task], f" of {task}")
         path = self._path(trainer)  # on every rank: trainer.log_dir is a collective call
         if self.rows and trainer.is_global_zero:
             self._write(path)
@@ -189,8 +263,26 @@ class SharpnessCallback(Callback):
             self._measure(trainer, pl_module, epoch)
 
     # ------------------------------------------------------------------ work
+    def _targets(self, pl_module: LightningModule) -> dict[str | None, _Target]:
+        """``{None: the model}``, or ``{task: its view}`` where the module has ``sal_views()``."""
+        sal_views = getattr(pl_module, "sal_views", None)
+        if not callable(sal_views):
+            model = pl_module.model
+            layers = measured_layers(model, self.layers)
+            return {None: _Target(model, cross_entropy, top1_correct, layers)}
+        targets: dict[str | None, _Target] = {}
+        for task, view in sal_views().items():
+            try:
+                layers = measured_layers(view.model, self.layers)
+            except ValueError as err:
+                raise ValueError(f"SharpnessCallback, task {task!r}: {err}") from None
+            targets[task] = _Target(view.model, view.loss_fn, view.correct_fn, layers)
+        return targets
 
-    def _probe_batches(self, pl_module: LightningModule, trainer: Trainer) -> list:
+    def _probe_batches(
+        self, pl_module: LightningModule, trainer: Trainer
+    ) -> dict[str | None, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The probe pairs of each task, on the CPU (drawn once per run)."""
         if self._probe is None:
             datamodule = trainer.datamodule
             if datamodule is None or not hasattr(datamodule, "probe_dataset"):
@@ -203,55 +295,119 @@ class SharpnessCallback(Callback):
             generator = torch.Generator().manual_seed(self.seed)
             chosen = torch.randperm(len(dataset), generator=generator)[:n].tolist()
             items = [dataset[i] for i in chosen]
-            x = torch.stack([item[self.input_key] for item in items])
-            y = torch.stack([torch.as_tensor(item[self.target_key]) for item in items])
             size = self.probe_batch_size or n
-            self._probe = [(x[i : i + size], y[i : i + size]) for i in range(0, n, size)]
-        device = pl_module.device
-        return [(x.to(device), y.to(device)) for x, y in self._probe]
+            sal_views = getattr(pl_module, "sal_views", None)
+            if callable(sal_views):
+                batches = [default_collate(items[i : i + size]) for i in range(0, n, size)]
+                self._probe = {task: view.pairs(batches) for task, view in sal_views().items()}
+            else:
+                x = torch.stack([item[self.input_key] for item in items])
+                y = torch.stack([torch.as_tensor(item[self.target_key]) for item in items])
+                self._probe = {
+                    None: [(x[i : i + size], y[i : i + size]) for i in range(0, n, size)]
+                }
+        return self._probe
 
-    def _my_layers(self, trainer: Trainer, model: torch.nn.Module, probe: list) -> list[str]:
-        names = measured_layers(model, self.layers)
+    def _my_units(
+        self,
+        trainer: Trainer,
+        targets: dict[str | None, _Target],
+        probe: dict,
+        units: list[Unit],
+        device: torch.device,
+    ) -> list[Unit]:
+        """This process's share of the (task, layer) units, balanced by cost across ranks."""
         if trainer.world_size == 1:
-            return names
+            return units
         if self._shards is None:
-            costs = layer_costs(model, probe[0][0], names)
-            self._shards = split_layers(names, costs, trainer.world_size)
+            costs = [
+                cost
+                for task, target in targets.items()
+                for cost in layer_costs(
+                    target.model, probe[task][0][0][:1].to(device), target.layers
+                )
+            ]
+            labels = [layer if task is None else f"{task}/{layer}" for task, layer in units]
+            parts = split_layers(labels, costs, trainer.world_size)
+            unit_of = dict(zip(labels, units, strict=True))
+            self._shards = [[unit_of[label] for label in part] for part in parts]
         return self._shards[trainer.global_rank]
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule, epoch: int) -> None:
         step = trainer.global_step
         if any(r["step"] == step for r in self.rows):
             return
-        model = pl_module.model
+        targets = self._targets(pl_module)
         probe = self._probe_batches(pl_module, trainer)
-        mine = self._my_layers(trainer, model, probe)
-        records = compute_sal(model, probe, mine, settings=self.settings) if mine else []
-        rows = [{"epoch": epoch, "step": step, **r.as_dict()} for r in records]
+        units = [(task, layer) for task, target in targets.items() for layer in target.layers]
+        mine = self._my_units(trainer, targets, probe, units, pl_module.device)
+        rows = []
+        for task, target in targets.items():
+            layers = [layer for t, layer in mine if t == task]
+            if not layers:
+                continue
+            records = compute_sal(
+                target.model,
+                _to(probe[task], pl_module.device),
+                layers,
+                loss_fn=target.loss_fn,
+                correct_fn=target.correct_fn,
+                settings=self.settings,
+            )
+            extra = {} if task is None else {TASK_COLUMN: task}
+            rows += [{"epoch": epoch, "step": step, **r.as_dict(), **extra} for r in records]
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             gathered: list[Any] = [None] * trainer.world_size
             dist.all_gather_object(gathered, rows)
-            by_layer = {row["layer"]: row for part in gathered for row in part}
-            rows = [by_layer[name] for name in measured_layers(model, self.layers)]
-        self.rows.extend({k: row[k] for k in CSV_COLUMNS} for row in rows)
+            by_unit = {
+                (row.get(TASK_COLUMN), row["layer"]): row for part in gathered for row in part
+            }
+            rows = [by_unit[unit] for unit in units]
+        columns = CSV_COLUMNS if None in targets else TASK_CSV_COLUMNS
+        self.rows.extend({k: row[k] for k in columns} for row in rows)
         path = self._path(trainer)  # on every rank: trainer.log_dir is a collective call
         if trainer.is_global_zero:
             self._write(path)
-            estimate = None
+            estimates = None
             if self.first_order:
-                estimate = first_order_sal(model, probe, self.layers, eps=self.settings.eps)
-            self._log(trainer, rows, step, estimate)
+                estimates = {
+                    task: first_order_sal(
+                        target.model,
+                        _to(probe[task], pl_module.device),
+                        target.layers,
+                        loss_fn=target.loss_fn,
+                        eps=self.settings.eps,
+                    )
+                    for task, target in targets.items()
+                }
+            self._log(trainer, rows, step, estimates)
 
     # ------------------------------------------------------------------ output
     def _path(self, trainer: Trainer) -> Path:
         directory = self.dirpath or Path(trainer.log_dir or trainer.default_root_dir)
         return directory / self.filename
 
+    def _reference_source(self) -> str:
+        tables = [self.reference] if self.reference is not None else []
+        tables += list((self.task_references or {}).values())
+        return tables[0].source if tables else "(none)"
+
+    @staticmethod
+    def _check_layers(names: list[str], reference: SalTable, what: str) -> None:
+        if set(names) != set(reference.layers):
+            raise ValueError(
+                f"SharpnessCallback: the measured layers{what} differ from the reference "
+                f"{reference.source}: only in this model: "
+                f"{sorted(set(names) - set(reference.layers))}; only in the reference: "
+                f"{sorted(set(reference.layers) - set(names))}"
+            )
+
     def _write(self, path: Path) -> None:
         """Rewrite ``path`` from the history: a temporary file, then an atomic rename."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        columns = TASK_CSV_COLUMNS if self.rows and TASK_COLUMN in self.rows[0] else CSV_COLUMNS
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -264,36 +420,73 @@ class SharpnessCallback(Callback):
             raise
 
     def _log(
-        self, trainer: Trainer, rows: list[dict], step: int, estimate: dict[str, float] | None
+        self,
+        trainer: Trainer,
+        rows: list[dict],
+        step: int,
+        estimates: dict[str | None, dict[str, float]] | None,
     ) -> None:
-        values = np.array([r["sal"] for r in rows])
-        metrics: dict[str, float] = {f"sal/{r['layer']}": float(r["sal"]) for r in rows}
-        metrics["sal/mean"] = float(values.mean())
-        table = SalTable.from_rows(self.rows, "this run")
-        if self.reference is not None:
-            threshold = clean_beta(self.reference)
-            t = len(table.checkpoints)
-            clean = self.reference.first(min(t, len(self.reference.checkpoints)))
-            metrics["lp/count"] = float((values > threshold).sum())
-            metrics["ud"] = ratio(lp_count(table, threshold)[0], lp_count(clean, threshold)[0])
-            clean_now = clean.aligned(table.layers)[-1]
-            metrics["lp/ratio"] = ratio(metrics["lp/count"], float((clean_now > threshold).sum()))
-        elif len(values) >= 2:
-            metrics["lp/count"] = float((values > two_means_threshold(values)).sum())
-        if estimate is not None:
-            metrics["sal/first_order_rho"] = spearman(values, [estimate[r["layer"]] for r in rows])
+        tasks = list(dict.fromkeys(r.get(TASK_COLUMN) for r in rows))
+        metrics: dict[str, float] = {}
+        tables: dict[str | None, SalTable] = {}
+        for task in tasks:
+            now = [r for r in rows if r.get(TASK_COLUMN) == task]
+            tables[task] = SalTable.from_rows(self.rows, "this run", task)
+            metrics.update(self._task_metrics(now, tables[task], task))
+            if estimates is not None:
+                values = [r["sal"] for r in now]
+                guess = [estimates[task][r["layer"]] for r in now]
+                metrics[_key("sal", "first_order_rho", task)] = spearman(values, guess)
+        similarity = None
+        if len(tasks) >= 2:
+            from unlearn.tasks.multitask import task_similarity
+
+            names, shared, matrix = task_similarity(
+                {
+                    task: {r["layer"]: r["sal"] for r in rows if r[TASK_COLUMN] == task}
+                    for task in tasks
+                }
+            )
+            if shared:
+                similarity = (names, matrix.numpy())
+                for i, a in enumerate(names):
+                    for j in range(i + 1, len(names)):
+                        metrics[f"similarity/{a}/{names[j]}"] = float(matrix[i, j])
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
             if isinstance(logger, TensorBoardLogger):
-                self._log_images(logger, table, step)
+                for task, table in tables.items():
+                    self._log_images(logger, table, step, task)
+                if similarity is not None:
+                    self._log_similarity(logger, *similarity, step)
+
+    def _task_metrics(self, rows: list[dict], table: SalTable, task: str | None) -> dict:
+        """SAL, #LP and (with a reference) UD of one task (or the single task) at a checkpoint."""
+        values = np.array([r["sal"] for r in rows])
+        metrics: dict[str, float] = {_key("sal", r["layer"], task): float(r["sal"]) for r in rows}
+        metrics[_key("sal", "mean", task)] = float(values.mean())
+        reference = self.reference if task is None else (self.task_references or {}).get(task)
+        count = _key("lp", "count", task)
+        if reference is not None:
+            threshold = clean_beta(reference)
+            t = len(table.checkpoints)
+            clean = reference.first(min(t, len(reference.checkpoints)))
+            metrics[count] = float((values > threshold).sum())
+            ud = ratio(lp_count(table, threshold)[0], lp_count(clean, threshold)[0])
+            metrics["ud" if task is None else f"ud/{task}"] = ud
+            clean_now = clean.aligned(table.layers)[-1]
+            metrics[_key("lp", "ratio", task)] = ratio(
+                metrics[count], float((clean_now > threshold).sum())
+            )
+        elif len(values) >= 2:
+            metrics[count] = float((values > two_means_threshold(values)).sum())
+        return metrics
 
     @staticmethod
-    def _log_images(logger: TensorBoardLogger, table: SalTable, step: int) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+    def _log_images(
+        logger: TensorBoardLogger, table: SalTable, step: int, task: str | None = None
+    ) -> None:
+        plt = _pyplot()
         fig, ax = plt.subplots(
             figsize=(4 + 0.3 * len(table.checkpoints), 1.5 + 0.25 * len(table.layers))
         )
@@ -301,8 +494,41 @@ class SharpnessCallback(Callback):
         ax.set_yticks(range(len(table.layers)), table.layers, fontsize=6)
         ax.set_xticks(range(len(table.checkpoints)), [str(e) for e, _ in table.checkpoints])
         ax.set_xlabel("epoch")
-        ax.set_title("SAL per layer")
+        ax.set_title("SAL per layer" if task is None else f"SAL per layer: {task}")
         fig.colorbar(image, ax=ax)
         fig.tight_layout()
-        logger.experiment.add_figure("sal/heatmap", fig, global_step=step, close=True)
-        logger.experiment.add_histogram("sal/histogram", table.sal[-1], global_step=step)
+        prefix = "sal" if task is None else f"sal/{task}"
+        logger.experiment.add_figure(f"{prefix}/heatmap", fig, global_step=step, close=True)
+        logger.experiment.add_histogram(f"{prefix}/histogram", table.sal[-1], global_step=step)
+
+    @staticmethod
+    def _log_similarity(
+        logger: TensorBoardLogger, names: list[str], matrix: np.ndarray, step: int
+    ) -> None:
+        plt = _pyplot()
+        n = len(names)
+        fig, ax = plt.subplots(figsize=(2.5 + 0.9 * n, 2 + 0.8 * n))
+        image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="RdBu_r", interpolation="nearest")
+        ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(n), names, fontsize=7)
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7)
+        ax.set_title("SAL cosine similarity, shared layers")
+        fig.colorbar(image, ax=ax)
+        fig.tight_layout()
+        logger.experiment.add_figure("sal/task_similarity", fig, global_step=step, close=True)
+
+
+def _to(pairs: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> list:
+    """Probe pairs on ``device`` (one task's at a time: the inputs are not copied per task)."""
+    return [(x.to(device), y.to(device)) for x, y in pairs]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

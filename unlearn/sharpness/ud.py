@@ -1,7 +1,9 @@
 """Learnable-layer counts (#LP) and the Unlearnable Distance (UD) from SAL tables.
 
 A SAL table holds SAL_l(t) for the checkpoints t = 1..T of one run and its measured
-layers l, as written to ``sal.csv`` (one row per checkpoint and layer). With beta the
+layers l, as written to ``sal.csv`` (one row per checkpoint and layer). A multi-task run's
+file has a further column ``task`` (one row per checkpoint, task and layer); a table is then
+one task's rows (``SalTable.read(path, task=...)``, :func:`sal_tasks` lists them). With beta the
 threshold of the clean reference run (:func:`mean_threshold` of its table),
 
 - ``#LP(run) = |{(t, l): SAL_l(t) > beta}| / T`` (mean number of learnable layers per
@@ -51,6 +53,9 @@ SAL_COLUMNS: tuple[str, ...] = (
 )
 _INT_COLUMNS = ("epoch", "step", "numel")
 
+#: Column naming the task of each row in a multi-task run's ``sal.csv``.
+TASK_COLUMN = "task"
+
 #: Percentiles of the clean SAL values used as alternative thresholds.
 PERCENTILES: tuple[int, ...] = (50, 75, 90)
 
@@ -65,6 +70,7 @@ class SalTable:
         layers: Layer names, ``L`` of them, in the order of the first checkpoint.
         numel: Parameter count of each layer, ``[L]``.
         sal: SAL values, ``[T, L]``.
+        task: The task of a multi-task run's table; ``None`` for a single-task run.
     """
 
     source: str
@@ -72,19 +78,43 @@ class SalTable:
     layers: list[str]
     numel: np.ndarray
     sal: np.ndarray
+    task: str | None = None
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, Any]], source: str) -> SalTable:
+    def from_rows(
+        cls, rows: Iterable[Mapping[str, Any]], source: str, task: str | None = None
+    ) -> SalTable:
         """Build a table from ``sal.csv`` rows (dicts with at least :data:`SAL_COLUMNS`).
+
+        Args:
+            rows: The rows; those of a multi-task run also have a ``task``.
+            source: Where they came from, for error messages.
+            task: Keep only this task's rows; needed where the rows hold several tasks.
 
         Raises:
             SalTableError: Naming ``source``: a missing column or unreadable value, a
                 duplicate (checkpoint, layer), checkpoints with different layer sets,
-                a layer whose parameter count changes, or no rows at all.
+                a layer whose parameter count changes, or no rows at all; several tasks and
+                no ``task`` chosen, or a ``task`` that is not in the rows (listing those that
+                are).
         """
+        rows = list(rows)
+        found = _tasks_of(rows, source)
+        if task is None and len(found) > 1:
+            raise SalTableError(
+                f"{source}: a multi-task SAL table (tasks {found}); choose one task, e.g. "
+                f"SalTable.read(path, task={found[0]!r})"
+            )
+        if task is not None and task not in found:
+            present = f"tasks in it: {found}" if found else "it has no task column"
+            raise SalTableError(f"{source}: no rows of task {task!r}; {present}")
+        if found:
+            task = task or found[0]
         by_ckpt: dict[tuple[int, int], dict[str, float]] = {}
         numel: dict[str, int] = {}
         for i, row in enumerate(rows, start=2):  # line 1 is the header of a file
+            if task is not None and row[TASK_COLUMN] != task:
+                continue
             missing = [c for c in SAL_COLUMNS if c not in row]
             if missing:
                 raise SalTableError(
@@ -116,21 +146,31 @@ class SalTable:
                     f"epoch {checkpoints[0][0]} step {checkpoints[0][1]} (differing: {diff})"
                 )
         sal = np.array([[by_ckpt[k][name] for name in layers] for k in checkpoints])
-        return cls(source, checkpoints, layers, np.array([numel[n] for n in layers]), sal)
+        return cls(source, checkpoints, layers, np.array([numel[n] for n in layers]), sal, task)
 
     @classmethod
-    def read(cls, path: str | Path) -> SalTable:
-        """Read a ``sal.csv`` file (see :data:`SAL_COLUMNS`)."""
-        path = Path(path)
-        if not path.is_file():
-            raise SalTableNotFoundError(f"{path}: no such SAL table")
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            missing = [c for c in SAL_COLUMNS if c not in header]
-            if missing:
-                raise SalTableError(f"{path}: missing column(s) {missing}; expected {SAL_COLUMNS}")
-            return cls.from_rows(reader, str(path))
+    def read(cls, path: str | Path, task: str | None = None) -> SalTable:
+        """Read a ``sal.csv`` file (see :data:`SAL_COLUMNS`), or one task's rows of it.
+
+        Args:
+            path: The file.
+            task: The task to read from a multi-task run's file (one with a ``task``
+                column); may be left out where the file holds a single task.
+        """
+        return cls.from_rows(_read_rows(path), str(path), task)
+
+    @classmethod
+    def read_tasks(cls, path: str | Path) -> dict[str, SalTable]:
+        """Every task's table of a multi-task run's file, in the order of the file.
+
+        Raises:
+            SalTableError: The file has no ``task`` column (a single-task run).
+        """
+        rows = _read_rows(path)
+        tasks = _tasks_of(rows, str(path))
+        if not tasks:
+            raise SalTableError(f"{path}: no task column; it is a single-task SAL table")
+        return {task: cls.from_rows(rows, str(path), task) for task in tasks}
 
     def first(self, t: int | None) -> SalTable:
         """The table of the first ``t`` checkpoints (all where ``t`` is None).
@@ -144,12 +184,40 @@ class SalTable:
             raise SalTableError(
                 f"{self.source}: too few checkpoints: {len(self.checkpoints)}, need {t}"
             )
-        return SalTable(self.source, self.checkpoints[:t], self.layers, self.numel, self.sal[:t])
+        return SalTable(
+            self.source, self.checkpoints[:t], self.layers, self.numel, self.sal[:t], self.task
+        )
 
     def aligned(self, layers: Sequence[str]) -> np.ndarray:
         """SAL values ``[T, L]`` with the columns in the order of ``layers``."""
         index = {name: i for i, name in enumerate(self.layers)}
         return self.sal[:, [index[name] for name in layers]]
+
+
+def sal_tasks(path: str | Path) -> list[str]:
+    """The tasks of a ``sal.csv`` file in the order they first appear (``[]``: no task column)."""
+    return _tasks_of(_read_rows(path), str(path))
+
+
+def _read_rows(path: str | Path) -> list[dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise SalTableNotFoundError(f"{path}: no such SAL table")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in SAL_COLUMNS if c not in header]
+        if missing:
+            raise SalTableError(f"{path}: missing column(s) {missing}; expected {SAL_COLUMNS}")
+        return list(reader)
+
+
+def _tasks_of(rows: Sequence[Mapping[str, Any]], source: str) -> list[str]:
+    """The distinct tasks of rows, in order; ``[]`` where the rows have no task."""
+    tasks = list(dict.fromkeys(row.get(TASK_COLUMN) or None for row in rows))
+    if None in tasks and len(tasks) > 1:
+        raise SalTableError(f"{source}: some rows have a task and some have none")
+    return [str(t) for t in tasks if t is not None]
 
 
 def check_same_layers(clean: SalTable, poisoned: SalTable) -> None:
@@ -210,7 +278,8 @@ def ud(clean: SalTable, poisoned: SalTable, t: int | None = None) -> dict[str, A
         t: Use the first ``t`` checkpoints of each run (``UD(t)``); all where None.
 
     Returns:
-        A row: ``poisoned``, ``clean`` (sources), ``checkpoints``, ``beta``, ``lp_clean``,
+        A row: ``poisoned``, ``clean`` (sources), ``task`` (only where ``poisoned`` is one
+        task of a multi-task run), ``checkpoints``, ``beta``, ``lp_clean``,
         ``lp_poisoned``, ``ud``, ``lp_weighted_clean``, ``lp_weighted_poisoned``,
         ``ud_weighted``, and for each other threshold ``v`` (``3means``, ``p50``, ...):
         ``beta_v``, ``lp_clean_v``, ``lp_poisoned_v``, ``ud_v``.
@@ -221,11 +290,10 @@ def ud(clean: SalTable, poisoned: SalTable, t: int | None = None) -> dict[str, A
     check_same_layers(clean, poisoned)
     betas = thresholds(clean)
     c, p = clean.first(t), poisoned.first(t)
-    row: dict[str, Any] = {
-        "poisoned": poisoned.source,
-        "clean": clean.source,
-        "checkpoints": len(p.checkpoints) if t is None else t,
-    }
+    row: dict[str, Any] = {"poisoned": poisoned.source, "clean": clean.source}
+    if poisoned.task is not None:
+        row["task"] = poisoned.task
+    row["checkpoints"] = len(p.checkpoints) if t is None else t
     for name, value in betas.items():
         lc, wc = lp_count(c, value)
         lp_, wp = lp_count(p, value)

@@ -13,12 +13,13 @@ Logged per stage (``train``, ``val``, ``test``): ``{stage}/loss`` (weighted tota
 For SAL per task, :meth:`MultiTaskTask.sal_views` gives each task as a single-output model
 (the shared encoder with that task's head), its packed targets and its loss;
 :func:`per_task_sal` measures them and :func:`task_similarity` compares the tasks' SAL
-vectors over the shared layers.
+vectors over the shared layers; :class:`~unlearn.callbacks.SharpnessCallback` does both at
+checkpoints during training (docs/sal_ud.md, "Multi-task runs").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,10 @@ class SALView:
     targets: Callable[[dict[str, Tensor]], Tensor]
     loss_fn: Callable[[Tensor, Tensor], Tensor]
     correct_fn: Callable[[Tensor, Tensor], Tensor]
+
+    def pairs(self, batches: Sequence[dict[str, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+        """The ``(batch["rgb"], targets)`` pair of each dict batch: the probe set of SAL."""
+        return [(batch["rgb"], self.targets(batch)) for batch in batches]
 
 
 class MultiTaskTask(BaseTask):
@@ -277,10 +282,9 @@ def per_task_sal(
 
     out = {}
     for name, view in task.sal_views().items():
-        pairs = [(b["rgb"], view.targets(b)) for b in batches]
         out[name] = compute_sal(
             view.model,
-            pairs,
+            view.pairs(batches),
             layers,
             loss_fn=view.loss_fn,
             correct_fn=view.correct_fn,
@@ -290,22 +294,32 @@ def per_task_sal(
 
 
 def task_similarity(
-    results: dict[str, list[Any]], prefix: str = SHARED_PREFIX
+    results: Mapping[str, Sequence[Any] | Mapping[str, float]], prefix: str = SHARED_PREFIX
 ) -> tuple[list[str], list[str], Tensor]:
     """Cosine similarity of the tasks' SAL vectors over the shared layers.
 
     Args:
-        results: ``{task: [LayerSAL, ...]}`` from :func:`per_task_sal`.
+        results: Per task, its layers' SAL: ``[LayerSAL, ...]`` from :func:`per_task_sal`,
+            or ``{layer: SAL}`` (e.g. from a ``sal.csv``).
         prefix: name prefix of the shared layers.
 
     Returns:
-        Task names, shared layer names, and the ``[T, T]`` similarity matrix.
+        Task names, shared layer names (those with ``prefix`` that every task has, in the
+        first task's order), and the ``[T, T]`` similarity matrix (a task whose shared SAL
+        vector is all zero has similarity 0 with every task, itself included).
     """
-    names = list(results)
-    shared = [r.layer for r in results[names[0]] if r.layer.startswith(prefix)]
+    by_task = {
+        name: dict(values) if isinstance(values, Mapping) else {r.layer: r.sal for r in values}
+        for name, values in results.items()
+    }
+    names = list(by_task)
+    shared = [
+        layer
+        for layer in by_task[names[0]]
+        if layer.startswith(prefix) and all(layer in by_task[n] for n in names)
+    ]
     vectors = torch.tensor(
-        [[next(r.sal for r in results[n] if r.layer == layer) for layer in shared] for n in names],
-        dtype=torch.float64,
-    )
+        [[float(by_task[n][layer]) for layer in shared] for n in names], dtype=torch.float64
+    ).reshape(len(names), len(shared))
     unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return names, shared, (unit @ unit.T).float()
