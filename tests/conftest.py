@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -62,3 +63,50 @@ def write_random_poison(datamodule, directory: Path, eps: float = 8 / 255) -> Pa
     }
     save_poison(directory, delta, torch.arange(info.num_samples), meta)
     return directory
+
+
+def small_sal_preset(directory: Path, **init_args) -> Path:
+    """``callbacks/sal.yaml`` with its callback's ``init_args`` updated, written to ``directory``.
+
+    The preset's own probe and iteration counts are sized for real runs; tests shrink them.
+    """
+    import yaml
+
+    preset = yaml.safe_load((REPO / "callbacks" / "sal.yaml").read_text())
+    entry = preset["trainer"]["callbacks+"][0]
+    assert entry["class_path"] == "unlearn.callbacks.SharpnessCallback"
+    entry["init_args"].update(init_args)
+    path = directory / "sal_small.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    return path
+
+
+def sal_tables_single_and_ddp(
+    directory: Path, fit_args: list[str], ddp_args: list[str]
+) -> tuple[Path, Path]:
+    """Run ``fit`` (with a SAL callback) in one process and with ``ddp_args``.
+
+    Returns:
+        The ``sal.csv`` of the single-process run and of the DDP run.
+    """
+    tables = []
+    for name, extra in (("single", []), ("ddp", ddp_args)):
+        out = directory / name
+        result = run_cli(
+            "fit",
+            *fit_args,
+            f"--trainer.default_root_dir={out}",
+            f"--trainer.logger.init_args.save_dir={out}",
+            *extra,
+            cwd=directory,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        (path,) = out.rglob("sal.csv")
+        tables.append(path)
+    return tables[0], tables[1]
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header, as dicts of strings."""
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))

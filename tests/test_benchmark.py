@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, small_sal_preset
 
 from unlearn.benchmark.grid import BenchmarkSpec, Cell, Layout
 from unlearn.benchmark.report import RESULT_COLUMNS
@@ -20,9 +20,7 @@ from unlearn.benchmark.report import RESULT_COLUMNS
 
 def _tiny_grid(tmp_path: Path, methods: list[str]) -> Path:
     """A benchmark config: digits, 1 epoch of 3 batches, SAL on 64 samples, 1 seed."""
-    sal = yaml.safe_load((REPO / "callbacks" / "sal.yaml").read_text())
-    sal["trainer"]["callbacks+"][0]["init_args"].update(probe_size=64, iters=2)
-    (tmp_path / "sal_tiny.yaml").write_text(yaml.safe_dump(sal))
+    sal_preset = small_sal_preset(tmp_path, probe_size=64, iters=2)
     poison = yaml.safe_load((REPO / "configs" / "digits" / "poison_random.yaml").read_text())
     (tmp_path / "poison_random.yaml").write_text(yaml.safe_dump(poison))
     (tmp_path / "poison_broken.yaml").write_text(
@@ -36,7 +34,7 @@ def _tiny_grid(tmp_path: Path, methods: list[str]) -> Path:
         "models": ["small_cnn"],
         "defenses": {"none": []},
         "seeds": [0],
-        "callbacks": [str(tmp_path / "sal_tiny.yaml")],
+        "callbacks": [str(sal_preset)],
         "fit_args": [
             "--trainer.max_epochs=2",
             "--trainer.limit_train_batches=3",

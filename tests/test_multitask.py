@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import read_rows
 from lightning import Trainer
 
 from unlearn.cli import run_lightning
@@ -336,13 +337,6 @@ def fit_with_sal(
     return trainer, task
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    import csv
-
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 @pytest.fixture(scope="module")
 def sal_run(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 2-epoch multi-task run with per-task SAL at both epochs and a last checkpoint."""
@@ -365,7 +359,7 @@ def test_sal_callback_per_task_rows_equal_per_task_sal(scenes: Path, sal_run: di
     from unlearn.sharpness import SALSettings
     from unlearn.sharpness.ud import sal_tasks
 
-    rows = read_csv(sal_run["csv"])
+    rows = read_rows(sal_run["csv"])
     assert list(rows[0]) == list(TASK_CSV_COLUMNS)
     assert sal_tasks(sal_run["csv"]) == SAL_TASKS
     assert sorted({int(r["step"]) for r in rows}) == [1, 2]  # one batch per epoch
@@ -398,7 +392,7 @@ def test_sal_callback_logs_per_task_scalars_and_similarity(sal_run: dict) -> Non
 
     from unlearn.sharpness import two_means_threshold
 
-    rows = read_csv(sal_run["csv"])
+    rows = read_rows(sal_run["csv"])
     scalars = read_scalars(sal_run["log_dir"])
     for step in (1, 2):
         now = [r for r in rows if int(r["step"]) == step]
@@ -439,8 +433,8 @@ def test_sal_callback_per_task_ud_against_itself_is_one(
 
     callback = SharpnessCallback(reference=str(sal_run["csv"]), **SAL_SMALL)
     trainer, _ = fit_with_sal(tmp_path, scenes, [callback])
-    again = read_csv(Path(trainer.log_dir) / "sal.csv")
-    first = read_csv(sal_run["csv"])
+    again = read_rows(Path(trainer.log_dir) / "sal.csv")
+    first = read_rows(sal_run["csv"])
     # the same seed and data: the same values (timings aside), so UD(t) is exactly 1
     assert [{k: r[k] for k in ("task", "layer", *SAL_COMPARED)} for r in again] == [
         {k: r[k] for k in ("task", "layer", *SAL_COMPARED)} for r in first
@@ -465,8 +459,8 @@ def test_sal_callback_resumed_multitask_run_has_no_duplicates(
         ckpt_path=str(sal_run["root"] / "ckpt" / "last.ckpt"),
         version=1,  # a new log directory: the history comes from the checkpoint
     )
-    rows = read_csv(Path(trainer.log_dir) / "sal.csv")
-    first = read_csv(sal_run["csv"])
+    rows = read_rows(Path(trainer.log_dir) / "sal.csv")
+    first = read_rows(sal_run["csv"])
     assert rows[: len(first)] == first
     per_step = len(first) // 2
     assert [int(r["epoch"]) for r in rows] == [0] * per_step + [1] * per_step + [2] * per_step
@@ -501,50 +495,37 @@ def test_sal_callback_ddp_two_processes_equal_single_process(scenes: Path, tmp_p
     training samples), so batch norm's running statistics, and the model at the checkpoint,
     are the same.
     """
-    import yaml
-    from conftest import run_cli
+    from conftest import sal_tables_single_and_ddp, small_sal_preset
 
-    preset = yaml.safe_load((REPO / "callbacks" / "sal.yaml").read_text())
-    preset["trainer"]["callbacks+"][0]["init_args"].update(SAL_SMALL)
-    small_preset = tmp_path / "sal_small.yaml"
-    small_preset.write_text(yaml.safe_dump(preset))
-    tables = {}
+    small_preset = small_sal_preset(tmp_path, **SAL_SMALL)
+    fit_args = [
+        "--config",
+        str(REPO / "configs" / "multitask_quickstart.yaml"),
+        "--config",
+        str(small_preset),
+        f"--model.init_args.tasks={SAL_TASKS}",
+        "--model.init_args.width=4",
+        "--model.init_args.head_width=4",
+        "--model.init_args.lr=0.0",
+        f"--data.init_args.root={scenes}",
+        f"--data.init_args.domains={['rgb', *SAL_TASKS]}",
+        "--data.init_args.image_size=16",
+        "--data.init_args.train_buildings=[hanson]",
+        "--data.init_args.val_buildings=[wiconisco]",
+        "--data.init_args.test_buildings=[ihlen]",
+        "--data.init_args.batch_size=4",
+        "--data.init_args.augment=false",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_val_batches=1",
+    ]
     ddp_args = [
         "--trainer.strategy=ddp",
         "--trainer.devices=2",
         "--trainer.use_distributed_sampler=false",
     ]
-    for name, extra in (("single", []), ("ddp", ddp_args)):
-        out = tmp_path / name
-        result = run_cli(
-            "fit",
-            "--config",
-            str(REPO / "configs" / "multitask_quickstart.yaml"),
-            "--config",
-            str(small_preset),
-            f"--model.init_args.tasks={SAL_TASKS}",
-            "--model.init_args.width=4",
-            "--model.init_args.head_width=4",
-            "--model.init_args.lr=0.0",
-            f"--data.init_args.root={scenes}",
-            f"--data.init_args.domains={['rgb', *SAL_TASKS]}",
-            "--data.init_args.image_size=16",
-            "--data.init_args.train_buildings=[hanson]",
-            "--data.init_args.val_buildings=[wiconisco]",
-            "--data.init_args.test_buildings=[ihlen]",
-            "--data.init_args.batch_size=4",
-            "--data.init_args.augment=false",
-            "--trainer.max_epochs=1",
-            "--trainer.limit_val_batches=1",
-            f"--trainer.default_root_dir={out}",
-            f"--trainer.logger.init_args.save_dir={out}",
-            *extra,
-            cwd=tmp_path,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        (path,) = out.rglob("sal.csv")
-        tables[name] = read_csv(path)
-    single, ddp = tables["single"], tables["ddp"]
+    single, ddp = (
+        read_rows(path) for path in sal_tables_single_and_ddp(tmp_path, fit_args, ddp_args)
+    )
     assert [(r["task"], r["layer"]) for r in ddp] == [(r["task"], r["layer"]) for r in single]
     assert [r["task"] for r in single[:: len(single) // 3]] == SAL_TASKS
     for a, b in zip(single, ddp, strict=True):

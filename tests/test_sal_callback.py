@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from conftest import REPO, run_cli
+from conftest import REPO, read_rows, run_cli, sal_tables_single_and_ddp, small_sal_preset
 from lightning import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -70,11 +69,6 @@ def fit(
     )
     trainer.fit(task, datamodule=data, ckpt_path=ckpt_path)
     return trainer
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def test_writes_sal_csv_and_tensorboard(tmp_path: Path) -> None:
@@ -151,12 +145,7 @@ def test_resume_continues_without_duplicates_or_gaps(tmp_path: Path) -> None:
 
 
 def test_preset_parses_and_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    preset = yaml.safe_load((REPO / "callbacks" / "sal.yaml").read_text())
-    entry = preset["trainer"]["callbacks+"][0]
-    assert entry["class_path"] == "unlearn.callbacks.SharpnessCallback"
-    entry["init_args"].update(SMALL)  # the preset's own sizes are for real runs
-    small = tmp_path / "sal_small.yaml"
-    small.write_text(yaml.safe_dump(preset))
+    small = small_sal_preset(tmp_path, **SMALL)
     monkeypatch.chdir(tmp_path)
     cli = run_lightning(
         [
@@ -183,34 +172,23 @@ def test_ddp_two_processes_equal_single_process(tmp_path: Path) -> None:
     LeNet-5 has no batch norm and lr 0 keeps its weights at the seeded initialisation, so
     the model at the checkpoint is the same whatever data each process trained on.
     """
-    preset = yaml.safe_load((REPO / "callbacks" / "sal.yaml").read_text())
-    preset["trainer"]["callbacks+"][0]["init_args"].update(SMALL)
-    small = tmp_path / "sal_small.yaml"
-    small.write_text(yaml.safe_dump(preset))
-    tables = {}
-    for name, extra in (("single", []), ("ddp", ["--trainer.strategy=ddp", "--trainer.devices=2"])):
-        out = tmp_path / name
-        result = run_cli(
-            "fit",
-            "--config",
-            str(REPO / "configs" / "quickstart.yaml"),
-            "--config",
-            str(small),
-            "--model.init_args.model=lenet5",
-            "--model.init_args.lr=0.0",
-            "--trainer.max_epochs=1",
-            "--trainer.limit_train_batches=2",
-            "--trainer.limit_val_batches=1",
-            "--trainer.accelerator=cpu",
-            f"--trainer.default_root_dir={out}",
-            f"--trainer.logger.init_args.save_dir={out}",
-            *extra,
-            cwd=tmp_path,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        (path,) = out.rglob("sal.csv")
-        tables[name] = read_rows(path)
-    single, ddp = tables["single"], tables["ddp"]
+    small = small_sal_preset(tmp_path, **SMALL)
+    fit_args = [
+        "--config",
+        str(REPO / "configs" / "quickstart.yaml"),
+        "--config",
+        str(small),
+        "--model.init_args.model=lenet5",
+        "--model.init_args.lr=0.0",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--trainer.accelerator=cpu",
+    ]
+    paths = sal_tables_single_and_ddp(
+        tmp_path, fit_args, ["--trainer.strategy=ddp", "--trainer.devices=2"]
+    )
+    single, ddp = (read_rows(path) for path in paths)
     assert [r["layer"] for r in ddp] == [r["layer"] for r in single]
     assert len(single) == 5  # LeNet-5: two convolutions, three linear layers
     for a, b in zip(single, ddp, strict=True):
