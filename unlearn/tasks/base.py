@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning import LightningModule
@@ -19,12 +19,16 @@ class BaseTask(LightningModule, ABC):
 
     The optimizer comes from the config's ``optimizer:``/``lr_scheduler:`` sections when
     given (LightningCLI); otherwise :meth:`configure_optimizers` builds SGD with the
-    arguments below and, when ``max_epochs`` is known, cosine annealing to zero.
+    arguments below and, with ``lr_schedule="cosine"`` and ``max_epochs`` known, cosine
+    annealing to zero.
 
     Args:
         lr: SGD learning rate.
         momentum: SGD momentum.
         weight_decay: L2 penalty.
+        lr_schedule: ``"cosine"`` (annealing to zero over ``max_epochs``) or ``"constant"``
+            (the protocol of the SAL/UD paper's public code: its step schedule never steps
+            within its 50 epochs; see docs/sal_ud.md).
     """
 
     #: metric a checkpoint/early-stopping callback watches, and its direction
@@ -33,8 +37,16 @@ class BaseTask(LightningModule, ABC):
 
     model: nn.Module
 
-    def __init__(self, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4) -> None:
+    def __init__(
+        self,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+    ) -> None:
         super().__init__()
+        if lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
         self.save_hyperparameters(ignore=self.hparams_ignore())
         self.configure_models()
         self.configure_losses()
@@ -57,7 +69,7 @@ class BaseTask(LightningModule, ABC):
         """Build the torchmetrics collections."""
 
     def configure_optimizers(self) -> Any:
-        """SGD (lr, momentum, weight decay from the arguments) and cosine annealing."""
+        """SGD (lr, momentum, weight decay from the arguments) and the learning-rate schedule."""
         optimizer = torch.optim.SGD(
             self.parameters(),
             lr=self.hparams["lr"],
@@ -65,7 +77,7 @@ class BaseTask(LightningModule, ABC):
             weight_decay=self.hparams["weight_decay"],
         )
         max_epochs = self.trainer.max_epochs if self._trainer is not None else None
-        if not max_epochs or max_epochs < 1:
+        if not max_epochs or max_epochs < 1 or self.hparams.get("lr_schedule") == "constant":
             return optimizer
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ class ClassificationTask(BaseTask):
         lr: SGD learning rate (used when the config has no ``optimizer:`` section).
         momentum: SGD momentum.
         weight_decay: L2 penalty.
+        lr_schedule: ``"cosine"`` or ``"constant"`` (see :class:`BaseTask`).
     """
 
     monitor = "val/acc"
@@ -44,10 +45,13 @@ class ClassificationTask(BaseTask):
         lr: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
     ) -> None:
         # a plain dict may be assigned before nn.Module.__init__; modules may not
         self._module_args = {"model": model, "defenses": defenses or []}
-        super().__init__(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        super().__init__(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, lr_schedule=lr_schedule
+        )
 
     def hparams_ignore(self) -> list[str]:
         """Keep modules (a user backbone, the defenses) out of ``hparams``."""

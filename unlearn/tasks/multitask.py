@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -75,6 +75,7 @@ class MultiTaskTask(BaseTask):
         lr: SGD learning rate (used when the config has no ``optimizer:`` section).
         momentum: SGD momentum.
         weight_decay: L2 penalty.
+        lr_schedule: ``"cosine"`` or ``"constant"`` (see :class:`BaseTask`).
     """
 
     monitor = "val/loss"
@@ -93,6 +94,7 @@ class MultiTaskTask(BaseTask):
         lr: float = 0.05,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
     ) -> None:
         names = list(tasks)
         moved = [type(d).__name__ for d in defenses or [] if not d.pixel_aligned]
@@ -112,7 +114,9 @@ class MultiTaskTask(BaseTask):
         self.specs: dict[str, TaskSpec] = {name: task_spec(name) for name in names}
         for spec in self.specs.values():
             spec.head_width = head_width
-        super().__init__(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        super().__init__(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, lr_schedule=lr_schedule
+        )
 
     def hparams_ignore(self) -> list[str]:
         """The defenses are modules: kept in the state dict, not in ``hparams``."""
@@ -231,6 +235,7 @@ class SegmentationTask(MultiTaskTask):
         lr: SGD learning rate.
         momentum: SGD momentum.
         weight_decay: L2 penalty.
+        lr_schedule: ``"cosine"`` or ``"constant"`` (see :class:`BaseTask`).
     """
 
     monitor = "val/segment_semantic/miou"
@@ -246,6 +251,7 @@ class SegmentationTask(MultiTaskTask):
         lr: float = 0.05,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
     ) -> None:
         super().__init__(
             tasks=["segment_semantic"],
@@ -257,6 +263,7 @@ class SegmentationTask(MultiTaskTask):
             lr=lr,
             momentum=momentum,
             weight_decay=weight_decay,
+            lr_schedule=lr_schedule,
         )
 
 
