@@ -13,6 +13,7 @@ cosine similarity of the SAL vectors over the shared layers.
     python benchmarks/taskonomy_cross_task.py run clean random em   # one process
     python benchmarks/taskonomy_cross_task.py run lsp ops ar        # another, in parallel
     python benchmarks/taskonomy_cross_task.py single clean lsp ops  # scene task alone
+    python benchmarks/taskonomy_cross_task.py run clean em16 --seeds 10  # seeds 0..9
     python benchmarks/taskonomy_cross_task.py report                # prints the tables
 
 Results: runs/taskonomy_cross_task/{condition}_seed{s}.json (resumable: finished runs are
@@ -256,6 +257,18 @@ def _std(values: np.ndarray) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
+def _metric_table(runs: dict[str, list[dict]]) -> None:
+    """One Markdown row per condition: each metric's mean +- sample std over its runs."""
+    print("| condition | " + " | ".join(METRICS.values()) + " | seeds |")
+    print("|---" * (len(METRICS) + 2) + "|")
+    for c, rows in runs.items():
+        cells = []
+        for key in METRICS:
+            values = np.array([r["test"][f"test/{key}"] for r in rows])
+            cells.append(f"{values.mean():.3f} ± {_std(values):.3f}")
+        print(f"| {c} | " + " | ".join(cells) + f" | {len(rows)} |")
+
+
 def report() -> None:
     """Print the metric table (mean +- std over seeds) and the per-task UD table."""
     results = {}
@@ -279,19 +292,28 @@ def report() -> None:
         r = json.loads(path.read_text())
         results.setdefault(r["condition"], {})[r["seed"]] = r
     order = [c for c in ("clean", *METHODS) if c in results]
-    print("| condition | " + " | ".join(METRICS.values()) + " | seeds |")
-    print("|---" * (len(METRICS) + 2) + "|")
-    for c in order:
-        cells = []
-        for key in METRICS:
-            values = np.array([r["test"][f"test/{key}"] for r in results[c].values()])
-            cells.append(
-                f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}"
-            )
-        print(f"| {c} | " + " | ".join(cells) + f" | {len(results[c])} |")
+    print("Seeds 0, 1, 2 of every condition:\n")
+    _metric_table({c: [results[c][s] for s in SEEDS if s in results[c]] for c in order})
+    more = [c for c in order if len(results[c]) > len(SEEDS)]
+    if more:
+        print("\nAll seeds of the conditions run with more:\n")
+        _metric_table({c: list(results[c].values()) for c in more})
     base = constant_baseline()
     cells = [f"{base[key]:.3f}" for key in METRICS]
     print("| constant predictor (no learning) | " + " | ".join(cells) + " | - |")
+    if "clean" in results:
+        from scipy.stats import ttest_ind
+
+        clean_acc = [r["test"]["test/class_scene/acc"] for r in results["clean"].values()]
+        print("\n| condition | scene acc - clean | Welch t | p (two-sided) | seeds |")
+        print("|---|---|---|---|---|")
+        for c in order[1:]:
+            acc = [r["test"]["test/class_scene/acc"] for r in results[c].values()]
+            test = ttest_ind(acc, clean_acc, equal_var=False)
+            print(
+                f"| {c} | {np.mean(acc) - np.mean(clean_acc):+.3f} | {test.statistic:+.2f} | "
+                f"{test.pvalue:.3f} | {len(acc)} vs {len(clean_acc)} |"
+            )
     clean_csv = OUT / "clean_seed0_sal.csv"
     if not clean_csv.is_file():
         return
@@ -318,20 +340,29 @@ def report() -> None:
             print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
 
 
+def _seeds(argv: list[str]) -> tuple[list[str], tuple[int, ...]]:
+    """Split ``--seeds N`` (seeds 0..N-1; default 0, 1, 2) off the conditions."""
+    if "--seeds" not in argv:
+        return argv, SEEDS
+    at = argv.index("--seeds")
+    return argv[:at] + argv[at + 2 :], tuple(range(int(argv[at + 1])))
+
+
 def main(argv: list[str]) -> None:
-    """``run CONDITION...`` or ``report``."""
+    """``run CONDITION... [--seeds N]``, ``single CONDITION... [--seeds N]`` or ``report``."""
     if argv[:1] == ["report"]:
         report()
         return
+    conditions, seeds = _seeds(argv[1:])
     if argv[:1] == ["single"]:
-        for condition in argv[1:] or ["clean", *METHODS]:
-            for seed in SEEDS:
+        for condition in conditions or ["clean", *METHODS]:
+            for seed in seeds:
                 run_single(condition, seed)
         return
     if argv[:1] != ["run"]:
         raise SystemExit(__doc__)
-    for condition in argv[1:] or ["clean", *METHODS]:
-        for seed in SEEDS:
+    for condition in conditions or ["clean", *METHODS]:
+        for seed in seeds:
             run(condition, seed)
 
 
