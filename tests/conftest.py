@@ -20,15 +20,38 @@ def run_cli(
     *args: str, cwd: Path | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess:
     """Run ``python -m unlearn ARGS`` in a subprocess; return the completed process."""
+    (result,) = run_cli_parallel([list(args)], cwd=cwd, timeout=timeout)
+    return result
+
+
+def run_cli_parallel(
+    commands: list[list[str]], cwd: Path | None = None, timeout: float = 600
+) -> list[subprocess.CompletedProcess]:
+    """Run several ``python -m unlearn ARGS`` at once (one thread each); wait for all."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "unlearn", *args],
-        cwd=cwd or REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "unlearn", *args],
+            cwd=cwd or REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in commands
+    ]
+    results = []
+    try:
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=timeout)
+            results.append(
+                subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+            )
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    return results
 
 
 @pytest.fixture
