@@ -303,14 +303,11 @@ def _chains(
             (grad,) = torch.autograd.grad(objective, w)
             w = w.detach() - lrs.view(shape) * grad
         w = torch.stack([_project(w[d], w0, radius) for d in range(len(directions))])
-        if not single:
-            for history, result in zip(
-                histories, _evaluate(forward, states, probe, w), strict=True
-            ):
+        # a single batch is evaluated by the next iteration's first step, except the last
+        if not single or k == settings.iters - 1:
+            results = _evaluate(forward, states, probe, w)
+            for history, result in zip(histories, results, strict=True):
                 history.append(result)
-    if single:
-        for history, result in zip(histories, _evaluate(forward, states, probe, w), strict=True):
-            history.append(result)
     return histories
 
 
