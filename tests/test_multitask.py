@@ -30,15 +30,6 @@ REPO = Path(__file__).resolve().parents[1]
 DOMAINS = ["rgb", "class_scene", "segment_semantic", "depth_euclidean", "normal", "keypoints2d"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared, overloaded CPU it is many times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mt") / "scenes"

@@ -29,17 +29,6 @@ from unlearn.models import SmallCNN
 from unlearn.sharpness import SAL_COLUMNS, SalTable
 from unlearn.tasks import ClassificationTask
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch):
-    """Small tensors on a shared CPU: one thread avoids OpenMP spin-waits (10x faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the CLI subprocesses
-    yield
-    torch.set_num_threads(threads)
-
-
 SMALL = {"probe_size": 48, "probe_batch_size": 16, "steps_per_iter": 2, "iters": 2}
 LAYERS = 8  # SmallCNN: six convolutions, two linear layers
 

@@ -19,15 +19,6 @@ from unlearn.sharpness import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TinyResNet(nn.Module):
     """Stem conv + BN, one residual block with a 1x1 conv shortcut, linear head."""
 
