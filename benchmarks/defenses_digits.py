@@ -28,14 +28,10 @@ from pathlib import Path
 import torch
 from lightning import Callback
 
-import unlearn.data  # imported for the short class_path names in the configs
-import unlearn.defenses
-import unlearn.models
-import unlearn.tasks  # noqa: F401
-from unlearn.cli import UnlearnCLI
-from unlearn.data import BaseDataModule, DigitsDataModule
+from unlearn.cli import UnlearnCLI, run_lightning
+from unlearn.data import DigitsDataModule
 from unlearn.defenses import apply_defenses
-from unlearn.tasks import BaseTask
+from unlearn.io import append_csv_row
 
 REPO = Path(__file__).resolve().parents[1]
 DEFENSES = [
@@ -62,16 +58,7 @@ class StepTimer(Callback):
 def build(defense: str, extra: list[str]) -> UnlearnCLI:
     """The task and data module of ``configs/digits/defense_<defense>.yaml`` (not run)."""
     config = REPO / "configs" / "digits" / f"defense_{defense}.yaml"
-    return UnlearnCLI(
-        model_class=BaseTask,
-        datamodule_class=BaseDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-        args=["--config", str(config), *extra],
-        run=False,
-    )
+    return run_lightning(["--config", str(config), *extra], run=False)
 
 
 def step_cost(defenses: list[str], rounds: int) -> dict[str, float]:
@@ -195,12 +182,7 @@ def main() -> None:
                     poison, defense, seed, args.epochs, args.out.parent / "runs", extra, args.tag
                 )
                 print(row, flush=True)
-                new = not args.out.exists()
-                with args.out.open("a", newline="") as handle:
-                    writer = csv.DictWriter(handle, FIELDS)
-                    if new:
-                        writer.writeheader()
-                    writer.writerow(row)
+                append_csv_row(args.out, FIELDS, row)
                 rows.append({k: str(v) for k, v in row.items()})
     print(tables(rows))
 

@@ -21,13 +21,9 @@ from pathlib import Path
 
 import torch
 
-import unlearn.data  # imported for the short class_path names in the configs
-import unlearn.models
-import unlearn.tasks  # noqa: F401
-from unlearn.cli import UnlearnCLI
-from unlearn.data import BaseDataModule
+from unlearn.cli import run_lightning
+from unlearn.io import append_csv_row
 from unlearn.poisons.command import main as poison_main
-from unlearn.tasks import BaseTask
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = [
@@ -64,16 +60,7 @@ def train(name: str, seed: int, root: Path, poison: Path | None) -> tuple[float,
     ]  # fmt: skip
     if poison is not None:
         args += ["--data.init_args.poison", str(poison)]
-    cli = UnlearnCLI(
-        model_class=BaseTask,
-        datamodule_class=BaseDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=False,
-    )
+    cli = run_lightning(args, run=False)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     fit_s = time.perf_counter() - start
@@ -134,12 +121,7 @@ def main() -> None:
                 "fit_s": fit_s,
             }
             print(row, flush=True)
-            new = not args.out.exists()
-            with args.out.open("a", newline="") as handle:
-                writer = csv.DictWriter(handle, FIELDS)
-                if new:
-                    writer.writeheader()
-                writer.writerow(row)
+            append_csv_row(args.out, FIELDS, row)
             rows.append({k: str(v) for k, v in row.items()})
     print(table(rows))
 

@@ -112,6 +112,20 @@ def poisoned_root(method: str) -> Path:
     return out
 
 
+def quiet_trainer(callbacks: list) -> Trainer:
+    """CPU, ``EPOCHS`` epochs, validation only at the end, no logger, checkpoints or bars."""
+    return Trainer(
+        accelerator="cpu",
+        max_epochs=EPOCHS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        check_val_every_n_epoch=EPOCHS,
+    )
+
+
 def sal_callback(condition: str) -> SharpnessCallback:
     """Per-task SAL after epochs 8 and 15 (the end): 64 probe samples in one batch, 3 iters."""
     return SharpnessCallback(
@@ -138,16 +152,7 @@ def run(condition: str, seed: int) -> None:
     )
     # per-task SAL on seed 0 at 32 px only (at 64 px it would cost ~4x the training)
     callbacks = [sal_callback(condition)] if seed == 0 and SIZE == 32 else []
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=EPOCHS,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        check_val_every_n_epoch=EPOCHS,
-    )
+    trainer = quiet_trainer(callbacks)
     started = time.perf_counter()
     trainer.fit(model, datamodule=data)
     train_metrics = {
@@ -195,15 +200,7 @@ def run_single(condition: str, seed: int) -> None:
     model = ClassificationTask(
         model="small_cnn", num_classes=data.num_classes, image_shape=data.image_shape, lr=0.05
     )
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=EPOCHS,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        check_val_every_n_epoch=EPOCHS,
-    )
+    trainer = quiet_trainer([])
     trainer.fit(model, datamodule=data)
     train_acc = float(trainer.callback_metrics["train/acc"])
     test = trainer.test(model, datamodule=data, verbose=False)[0]

@@ -12,13 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-import unlearn.data
-import unlearn.models
-import unlearn.tasks  # noqa: F401 - short class_path names
-from unlearn.cli import UnlearnCLI
-from unlearn.data import BaseDataModule
+from unlearn.cli import run_lightning
 from unlearn.poisons.command import main as poison_main
-from unlearn.tasks import BaseTask
 
 
 def clean_test_accuracy(config: str, root: Path, poison: Path | None) -> float:
@@ -33,16 +28,7 @@ def clean_test_accuracy(config: str, root: Path, poison: Path | None) -> float:
         "--trainer.default_root_dir", str(root),
         "--data.init_args.poison", str(poison) if poison is not None else "null",
     ]  # fmt: skip
-    cli = UnlearnCLI(
-        model_class=BaseTask,
-        datamodule_class=BaseDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=False,
-    )
+    cli = run_lightning(args, run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     (result,) = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     return 100 * result["test/acc"]

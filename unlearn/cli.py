@@ -125,23 +125,26 @@ def main(args: Sequence[str] | None = None) -> None:
         sys.exit(f"unlearn {argv[0]}: error: {err}")
 
 
-def run_lightning(args: Sequence[str]) -> UnlearnCLI:
-    """Run a LightningCLI subcommand (``fit``, ``validate``, ``test``, ``predict``)."""
+def run_lightning(args: Sequence[str], run: bool = True) -> UnlearnCLI:
+    """Run a LightningCLI subcommand (``fit``, ``validate``, ``test``, ``predict``).
+
+    Args:
+        args: The command line after ``python -m unlearn``, e.g. ``["fit", "--config", ...]``.
+        run: ``False`` only builds the trainer, model and data module from ``args`` (no
+            subcommand then), for scripts that drive the trainer themselves.
+    """
     _import_task_modules()
     with warnings.catch_warnings():
         # We always pass the arguments explicitly (``main`` strips the subcommand dispatch), so
         # LightningCLI's warning about ``args`` next to ``sys.argv`` is noise for every run.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        return _build_cli(args)
-
-
-def _build_cli(args: Sequence[str]) -> UnlearnCLI:
-    return UnlearnCLI(
-        model_class=BaseTask,
-        datamodule_class=BaseDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-        args=list(args),
-    )
+        return UnlearnCLI(
+            model_class=BaseTask,
+            datamodule_class=BaseDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            args=list(args),
+            run=run,
+        )

@@ -1,10 +1,15 @@
-"""Atomic file writes: a reader sees the old file or the new one, never a partial one."""
+"""File writes: atomic replacements and whole-row appends to a CSV log.
+
+After an atomic write a reader sees the old file or the new one, never a partial one.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +38,18 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def write_json_atomic(path: str | Path, value: Any) -> None:
     """Atomically write ``value`` as indented JSON."""
     write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def append_csv_row(path: str | Path, fields: Sequence[str], row: Mapping[str, Any]) -> None:
+    """Append one row to the CSV file ``path``, writing the header first if it is new.
+
+    One ``write`` per row, so an interrupted sweep leaves whole rows (a log to resume from).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fields)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)

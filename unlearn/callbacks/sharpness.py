@@ -38,8 +38,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +50,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import default_collate
 
+from unlearn.io import write_text_atomic
 from unlearn.sharpness import (
     SAL_COLUMNS,
     SALSettings,
@@ -404,20 +403,12 @@ class SharpnessCallback(Callback):
 
     def _write(self, path: Path) -> None:
         """Rewrite ``path`` from the history: a temporary file, then an atomic rename."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         columns = TASK_CSV_COLUMNS if self.rows and TASK_COLUMN in self.rows[0] else CSV_COLUMNS
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                f.write(buffer.getvalue())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(path, buffer.getvalue())
 
     def _log(
         self,
