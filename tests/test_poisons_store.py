@@ -161,3 +161,27 @@ def test_export_writes_an_image_folder_that_reads_back(cifar_root: Path, tmp_pat
         assert (item["image"] - clean).abs().max() <= 8 / 255 + 1e-6  # budget after rounding
     with pytest.raises(FileExistsError, match="--overwrite"):
         export_poison(path.parent, out)
+
+
+def test_an_interrupted_save_keeps_the_old_poison(
+    cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """meta.json is replaced first, poison.pt last; a failed write of poison.pt leaves the old
+    one whole and no temporary file behind."""
+    info = CIFAR10DataModule(root=cifar_root).info()
+    delta = torch.full((40, 3, 32, 32), 4 / 255)
+    save_poison(tmp_path / "p", delta, torch.arange(40), _meta(info, method="old"))
+    real_save = torch.save
+
+    def save_half_then_fail(obj: object, path: object) -> None:
+        real_save({"partial": torch.zeros(3)}, path)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_poison(tmp_path / "p", -delta, torch.arange(40), _meta(info, method="new"))
+    monkeypatch.setattr(torch, "save", real_save)
+    stored = load_poison(tmp_path / "p", expected=info)
+    assert stored.meta["method"] == "old" and torch.equal(stored.delta, delta.half())
+    assert json.loads((tmp_path / "p" / "meta.json").read_text())["method"] == "new"
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["meta.json", "poison.pt"]

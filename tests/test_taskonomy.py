@@ -11,8 +11,10 @@ import torch
 from PIL import Image
 
 from unlearn.data.base import DataNotFoundError
+from unlearn.data.synthetic_scenes import MARKER, NotSyntheticRootError
 from unlearn.data.taskonomy import TINY_SPLIT, TaskonomyDataModule, crop_sample, flip_sample
-from unlearn.data.taskonomy_domains import CorruptFileError
+from unlearn.data.taskonomy_domains import CorruptFileError, decode, domain
+from unlearn.errors import UnlearnError
 
 DOMAINS = [
     "rgb",
@@ -362,3 +364,39 @@ def test_synthetic_scenes_deterministic_and_consistent(tmp_path: Path) -> None:
             lengths = s["normal"].norm(dim=0)
             assert ((lengths - 1).abs() < 0.02).all()
             assert 0 <= s["keypoints2d"].min() and s["keypoints2d"].max() <= 1
+
+
+def test_labels_and_depth_resize_to_the_pixel_under_each_centre(tmp_path: Path) -> None:
+    """6 -> 4 takes rows and columns 0, 2, 3, 5 (the pixel under each output pixel's centre,
+    as PIL's NEAREST does), not torch "nearest"'s 0, 1, 3, 4."""
+    rows, cols = np.meshgrid(np.arange(6), np.arange(6), indexing="ij")
+    code = rows * 16 + cols  # each pixel's value says where it came from
+    labels, depth = tmp_path / "labels.png", tmp_path / "depth.png"
+    Image.fromarray(code.astype(np.uint8), "L").save(labels)
+    Image.fromarray((code + 1).astype(np.uint16)).save(depth)  # 16-bit, all valid depths
+    seg = decode(domain("segment_semantic"), labels, (4, 4))["segment_semantic"].numpy()
+    raw = decode(domain("depth_euclidean"), depth, (4, 4))["depth_euclidean"][0].double()
+    raw = (raw * 512).round().long().numpy() - 1  # metres back to the stored values
+    for decoded in (seg, raw):
+        assert (decoded // 16).tolist() == [[0] * 4, [2] * 4, [3] * 4, [5] * 4]
+        assert (decoded % 16).tolist() == [[0, 2, 3, 5]] * 4
+    for path, decoded in ((labels, seg), (depth, raw + 1)):
+        with Image.open(path) as img:
+            expected = np.asarray(img.resize((4, 4), Image.Resampling.NEAREST)).astype(np.int64)
+        assert np.array_equal(decoded, expected)
+
+
+def test_synthetic_on_a_real_root_says_how_to_read_it(tmp_path: Path) -> None:
+    fixture(tmp_path)  # a (tiny) real-layout root: no synthetic_scenes.json
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    data = module(tmp_path, synthetic=True)
+    with pytest.raises(NotSyntheticRootError) as raised:
+        data.prepare_data()
+    message = str(raised.value)
+    assert isinstance(raised.value, UnlearnError) and isinstance(raised.value, FileExistsError)
+    assert "\n" not in message
+    assert f"data.init_args.root '{tmp_path}'" in message  # the field and what it was
+    assert f"no {MARKER}" in message  # what was expected
+    assert "holds 7 entries: class_scene, depth_euclidean, edge_texture, ..." in message  # found
+    assert "set data.init_args.synthetic: false" in message  # how to read a real root
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # untouched

@@ -12,10 +12,10 @@ from PIL import Image
 
 from unlearn.data.synthetic_scenes import generate
 from unlearn.data.taskonomy import TaskonomyDataModule
-from unlearn.data.taskonomy_export import export_taskonomy_poison, to_8bit, within_budget
 from unlearn.errors import UnlearnError
 from unlearn.poisons import AR, EM, LSP, OPS, RandomNoise
 from unlearn.poisons.command import generate_poison
+from unlearn.poisons.taskonomy_export import export_taskonomy_poison, to_8bit, within_budget
 
 SIZE = 16
 REPO = Path(__file__).resolve().parents[1]
@@ -79,15 +79,6 @@ def test_poison_written_in_layout_within_budget(scenes: Path, tmp_path: Path, me
         METHODS[method](),
         tmp_path / "store",
         device="cpu",
-        data_config={
-            "class_path": "unlearn.data.taskonomy.TaskonomyDataModule",
-            "init_args": {
-                "root": str(scenes),
-                "synthetic": True,
-                "image_size": SIZE,
-                "train_buildings": ["hanson"],
-            },
-        },
     )
     out = export_taskonomy_poison(store.parent, tmp_path / "poisoned", data)
     assert tree_hash(scenes) == before  # the clean root is never written

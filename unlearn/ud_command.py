@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from unlearn.io import write_text_atomic
 from unlearn.sharpness.ud import SalTable, SalTableError, sal_tasks, ud
 
 
@@ -76,16 +75,7 @@ def _write_json(path: Path, rows: list[dict[str, Any]]) -> None:
         {k: (_fmt(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
         for r in rows
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(clean, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(clean, indent=2) + "\n")
 
 
 def run(clean: str, poisoned: Sequence[str], checkpoints: int | None = None) -> list[dict]:

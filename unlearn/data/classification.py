@@ -12,6 +12,7 @@ from torchvision.transforms import v2
 
 from unlearn.data.base import BaseDataModule, DatasetInfo
 from unlearn.data.datasets import ImageSource, IndexedImageDataset, PoisonOverlay, Transform
+from unlearn.data.poison_store import load_poison
 
 
 class ImageClassificationDataModule(BaseDataModule):
@@ -134,8 +135,6 @@ class ImageClassificationDataModule(BaseDataModule):
         )
 
     def _load_overlay(self) -> PoisonOverlay:
-        from unlearn.poisons.store import load_poison  # poisons import data, not the reverse
-
         assert self.poison is not None
         stored = load_poison(self.poison, expected=self.info())
         indices, delta = stored.indices, stored.delta

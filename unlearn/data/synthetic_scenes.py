@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +34,8 @@ import numpy as np
 from PIL import Image
 
 from unlearn.data.taskonomy_domains import DEPTH_UNITS_PER_METRE, PLACES_CLASSES, domain
+from unlearn.errors import UnlearnError
+from unlearn.io import atomic_directory
 
 #: room types and their Places365 indices (bathroom, bedroom, kitchen, living room)
 SCENES: tuple[str, ...] = ("bathroom", "bedroom", "kitchen", "living_room")
@@ -353,47 +353,57 @@ def generate(
         if buildings is not None
         else [b for split in DEFAULT_BUILDINGS.values() for b in split]
     )
-    staging = root.with_name(root.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    for b, building in enumerate(names):
-        for point in range(points_per_building):
-            rng = np.random.default_rng([seed, b, point])
-            scene = (point + b) % len(SCENES)
-            room = make_room(rng, scene)
-            for view in range(views_per_point):
-                yaw = rng.uniform(-0.35, 0.35)
-                arrays = render_view(rng, room, yaw, size)
-                write_sample(
-                    staging, building, point, view, arrays, scene_vector(rng, scene), layout
-                )
-    settings = {
-        "buildings": names,
-        "points_per_building": points_per_building,
-        "views_per_point": views_per_point,
-        "size": size,
-        "seed": seed,
-        "layout": layout,
-        "scenes": list(SCENES),
-        "scene_places_indices": list(SCENE_PLACES_INDICES),
-        "objects": {name: 2 + i for i, name in enumerate(OBJECTS)},
-    }
-    (staging / MARKER).write_text(json.dumps(settings, indent=2) + "\n")
-    if root.exists():
-        shutil.rmtree(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, root)
+    with atomic_directory(root) as staging:
+        for b, building in enumerate(names):
+            for point in range(points_per_building):
+                rng = np.random.default_rng([seed, b, point])
+                scene = (point + b) % len(SCENES)
+                room = make_room(rng, scene)
+                for view in range(views_per_point):
+                    yaw = rng.uniform(-0.35, 0.35)
+                    arrays = render_view(rng, room, yaw, size)
+                    write_sample(
+                        staging, building, point, view, arrays, scene_vector(rng, scene), layout
+                    )
+        settings = {
+            "buildings": names,
+            "points_per_building": points_per_building,
+            "views_per_point": views_per_point,
+            "size": size,
+            "seed": seed,
+            "layout": layout,
+            "scenes": list(SCENES),
+            "scene_places_indices": list(SCENE_PLACES_INDICES),
+            "objects": {name: 2 + i for i, name in enumerate(OBJECTS)},
+        }
+        (staging / MARKER).write_text(json.dumps(settings, indent=2) + "\n")
     return root
 
 
+class NotSyntheticRootError(UnlearnError, FileExistsError):
+    """``synthetic: true`` was given a root that holds other data than the built-in scenes."""
+
+
 def ensure_synthetic_scenes(root: str | Path) -> Path:
-    """Generate the default scenes under ``root`` unless a previous generation is there."""
+    """Generate the default scenes under ``root`` unless a previous generation is there.
+
+    Raises:
+        NotSyntheticRootError: ``root`` holds other files (e.g. a real Taskonomy release),
+            which are never overwritten.
+    """
     root = Path(root)
     if not (root / MARKER).is_file():
-        if root.exists() and any(root.iterdir()):
-            raise FileExistsError(
-                f"'{root}' is not empty and holds no {MARKER}; refusing to overwrite it with "
-                "the built-in scenes (choose another root)"
+        entries = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+        if entries or (root.exists() and not root.is_dir()):
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            count = f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+            found = f"{count}: {shown}" if entries else "a file"
+            raise NotSyntheticRootError(
+                f"data.init_args.root '{root}' holds {found} but no {MARKER}, so it is not the "
+                "built-in scenes that data.init_args.synthetic: true expects (an empty or new "
+                "directory to write them to, or one they were written to); to read a real "
+                "Taskonomy root set data.init_args.synthetic: false "
+                "(--data.init_args.synthetic=false), else choose another data.init_args.root"
             )
         generate(root)
     return root

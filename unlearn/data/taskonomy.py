@@ -388,8 +388,8 @@ class TaskonomyDataModule(ImageClassificationDataModule):
     The training split can be poisoned in two ways, both on the rgb only: ``poison`` (a
     poison store made by ``python -m unlearn poison`` for this module, applied in memory at
     ``image_size``) or ``rgb_root`` (a Taskonomy-layout copy of the poisoned rgb, written by
-    :func:`unlearn.data.taskonomy_export.export_taskonomy_poison`). Label domains always come
-    from ``root``; validation and test are always clean.
+    :func:`unlearn.poisons.taskonomy_export.export_taskonomy_poison`). Label domains always
+    come from ``root``; validation and test are always clean.
 
     Args:
         root: the data root (any layout in the module docstring).

@@ -129,11 +129,18 @@ def _array16(img: Image.Image, path: Path, what: str) -> np.ndarray:
 
 
 def _resize(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
-    """Resize ``[C, H, W]`` to ``size``; ``nearest`` for labels and depth, else bilinear."""
+    """Resize ``[C, H, W]`` to ``size``; ``nearest`` for labels and depth, else bilinear.
+
+    ``nearest`` takes, for output pixel ``i``, input pixel ``floor((i + 0.5) * in / out)``
+    (the pixel under the output pixel's centre, as PIL and scikit-image do; torch's
+    ``"nearest-exact"``). Torch's ``"nearest"`` takes ``floor(i * in / out)`` instead, which
+    shifts the sampled grid by up to a pixel (6 -> 4 takes 0, 1, 3, 4 rather than 0, 2, 3, 5).
+    """
     if tuple(x.shape[-2:]) == size:
         return x
     if mode == "nearest":
-        return F.interpolate(x[None].float(), size=size, mode="nearest")[0].to(x.dtype)
+        resized = F.interpolate(x[None].float(), size=size, mode="nearest-exact")[0]
+        return resized.to(x.dtype)
     return F.interpolate(
         x[None].float(), size=size, mode="bilinear", align_corners=False, antialias=True
     )[0]

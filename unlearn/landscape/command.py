@@ -16,7 +16,6 @@ analyses; the YAML style is LightningCLI's (``data: {class_path, init_args}``). 
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
@@ -32,6 +31,7 @@ from torch import Tensor
 
 from unlearn.data import ImageClassificationDataModule
 from unlearn.errors import UnlearnError
+from unlearn.io import atomic_path, write_text_atomic
 from unlearn.landscape.directions import Normalisation, random_direction
 from unlearn.landscape.surface import (
     BatchNormMode,
@@ -221,10 +221,8 @@ def probe_batches(
 
 def save_npz(path: Path, **arrays: Any) -> Path:
     """Write arrays to ``path`` (``.npz``) atomically."""
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "xb") as handle:
         np.savez(handle, **{k: np.asarray(v) for k, v in arrays.items()})
-    os.replace(partial, path)
     return path
 
 
@@ -568,12 +566,10 @@ class Landscape:
 
     def write_summary(self, config_text: str | None = None) -> None:
         """``summary.json`` (and the resolved ``config.yaml``) in the output directory."""
-        path = self.output_dir / "summary.json"
-        partial = path.with_name(".summary.json.partial")
-        partial.write_text(json.dumps(self.summary, indent=2) + "\n")
-        os.replace(partial, path)
+        summary = json.dumps(self.summary, indent=2) + "\n"
+        write_text_atomic(self.output_dir / "summary.json", summary)
         if config_text is not None:
-            (self.output_dir / "config.yaml").write_text(config_text)
+            write_text_atomic(self.output_dir / "config.yaml", config_text)
 
 
 def run_landscape(cfg: Any, init: Any, config_text: str | None = None) -> Landscape:

@@ -17,7 +17,6 @@ budget and writes the poison store; a method never touches files except through
 from __future__ import annotations
 
 import inspect
-import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +28,7 @@ import torch
 from torch import Tensor
 
 from unlearn.data.base import DatasetInfo
+from unlearn.io import atomic_path
 
 Norm = Literal["linf", "l2", "l0"]
 T = TypeVar("T")
@@ -146,9 +146,8 @@ class PoisonContext:
             "generator": self.generator.get_state(),
             "method": make_state(),
         }
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, self.state_path)
+        with atomic_path(self.state_path) as tmp:
+            torch.save(payload, tmp)
         self._last_save = time.monotonic()
 
     # ------------------------------------------------------------------ helpers

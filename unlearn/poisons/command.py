@@ -26,15 +26,17 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, DefaultHelpFormatter
 
 import unlearn
 from unlearn.data import ImageClassificationDataModule
+from unlearn.data.config import data_config, instantiate_config
+from unlearn.data.poison_store import POISON_FILE, PoisonStoreError, StoreExistsError, save_poison
+from unlearn.io import write_text_atomic
 from unlearn.poisons.base import PoisonContext, PoisonData, PoisonMethod
-from unlearn.poisons.store import POISON_FILE, PoisonStoreError, StoreExistsError, save_poison
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
@@ -154,7 +156,6 @@ def generate_poison(
     overwrite: bool = False,
     progress: bool = False,
     checkpoint_interval: float = 60.0,
-    data_config: dict[str, Any] | None = None,
     config_text: str | None = None,
 ) -> Path:
     """Make a poison and write its store; the function behind the command.
@@ -169,8 +170,6 @@ def generate_poison(
         overwrite: replace an existing store and discard saved state.
         progress: show progress bars.
         checkpoint_interval: seconds between saves of the resumable state.
-        data_config: ``{"class_path", "init_args"}`` of ``data``, recorded in the meta so that
-            ``export`` can rebuild the data module (default: :func:`infer_data_config`).
         config_text: the resolved config, written to ``config.yaml`` beside the store.
 
     Returns:
@@ -189,6 +188,7 @@ def generate_poison(
         )
     if overwrite and state_path.exists():
         state_path.unlink()
+    recorded = data_config(data)  # fails before the work if ``data`` cannot be recorded
     output_dir.mkdir(parents=True, exist_ok=True)
 
     seed_everything(seed, verbose=False)
@@ -249,44 +249,16 @@ def generate_poison(
         "torch_version": torch.__version__,
         "unlearn_version": unlearn.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "data": data_config if data_config is not None else infer_data_config(data),
+        # the data module's class and arguments, so that ``export`` can rebuild it
+        "data": recorded,
         "info": result.info,
     }
     path = save_poison(output_dir, result.delta, indices, meta, result.class_patterns)
     if config_text is not None:
-        (output_dir / CONFIG_FILE).write_text(config_text)
+        write_text_atomic(output_dir / CONFIG_FILE, config_text)
     if state_path.exists():
         state_path.unlink()
     return path
-
-
-def infer_data_config(data: ImageClassificationDataModule) -> dict[str, Any]:
-    """Best-effort ``{"class_path", "init_args"}`` of a data module built in Python.
-
-    Takes each ``__init__`` argument that the module keeps as an attribute of the same name;
-    the others are left at their defaults.
-    """
-    klass = type(data)
-    init_args: dict[str, Any] = {}
-    for name in list(inspect.signature(klass.__init__).parameters)[1:]:
-        value = getattr(data, name, None)
-        if isinstance(value, Path):
-            value = str(value)
-        if isinstance(value, (str, int, float, bool)) or value is None:
-            init_args[name] = value
-    return {"class_path": f"{klass.__module__}.{klass.__qualname__}", "init_args": init_args}
-
-
-def instantiate_config(parser: ArgumentParser, cfg: Any) -> Any:
-    """``parser.instantiate`` (jsonargparse >= 4.49) or its older name."""
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    return instantiate(cfg)
-
-
-def _data_config(value: Any) -> dict[str, Any]:
-    """``{"class_path", "init_args"}`` of a parsed subclass argument, plain values only."""
-    as_dict = value.as_dict() if hasattr(value, "as_dict") else dict(value)
-    return json.loads(json.dumps(as_dict, default=str))
 
 
 def main(args: Sequence[str] | None = None) -> None:
@@ -311,7 +283,6 @@ def main(args: Sequence[str] | None = None) -> None:
         overwrite=cfg.overwrite,
         progress=cfg.progress,
         checkpoint_interval=cfg.checkpoint_interval,
-        data_config=_data_config(cfg.data),
         config_text=parser.dump(cfg),
     )
     meta = json.loads((path.parent / "meta.json").read_text())

@@ -15,8 +15,6 @@ grey levels (8/255) the rounded perturbation stays within it.
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,22 +24,10 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 from PIL import Image
 
 from unlearn.data import ImageClassificationDataModule
+from unlearn.data.config import data_module_from_config, instantiate_config
 from unlearn.data.datasets import IndexedImageDataset, PoisonOverlay
-from unlearn.poisons.command import instantiate_config
-from unlearn.poisons.store import StoreExistsError, load_poison
-
-
-def _data_module(meta: dict, override: dict | None) -> ImageClassificationDataModule:
-    config = override if override is not None else meta.get("data")
-    if not config:
-        raise ValueError(
-            "the poison's meta.json records no data module; pass --data (e.g. --data "
-            "DigitsDataModule) to say which data set it was made for"
-        )
-    parser = ArgumentParser()
-    parser.add_subclass_arguments(ImageClassificationDataModule, "data", required=True)
-    cfg = parser.parse_object({"data": config})
-    return instantiate_config(parser, cfg).data
+from unlearn.data.poison_store import META_FILE, StoreExistsError, load_poison
+from unlearn.io import atomic_directory, write_json_atomic
 
 
 def _write_split(dataset: IndexedImageDataset, directory: Path, digits: tuple[int, int]) -> int:
@@ -80,33 +66,31 @@ def export_poison(
     output = Path(output)
     stored = load_poison(poison)
     if data is None:
-        data = _data_module(stored.meta, None)
+        what = f"the poison's {Path(poison) / META_FILE}"
+        data = data_module_from_config(stored.meta.get("data"), ImageClassificationDataModule, what)
     stored = load_poison(poison, expected=data.info())  # the poison is for this data
-    if output.exists():
-        if not overwrite:
-            raise StoreExistsError(f"{output} exists; pass --overwrite to replace it")
-        shutil.rmtree(output)
-    staging = output.with_name(output.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
+    if output.exists() and not overwrite:
+        raise StoreExistsError(f"{output} exists; pass --overwrite to replace it")
     source = data.train_source
     n = len(source)
     digits = (len(str(max(0, data.num_classes - 1))), len(str(max(0, n - 1))))
     overlay = PoisonOverlay(stored.delta, stored.indices, n)
-    written = _write_split(IndexedImageDataset(source, poison=overlay), staging / "train", digits)
-    tested = 0
-    if test:
-        test_digits = (digits[0], len(str(max(0, len(data.test_source) - 1))))
-        tested = _write_split(IndexedImageDataset(data.test_source), staging / "val", test_digits)
-    summary = {
-        "poison": str(Path(poison)),
-        "train_images": written,
-        "val_images": tested,
-        "layout": "train/{label}/{index}.png (poisoned), val/{label}/{index}.png (clean test)",
-        "meta": stored.meta,
-    }
-    (staging / "export.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    staging.rename(output)
+    with atomic_directory(output) as staging:
+        train = IndexedImageDataset(source, poison=overlay)
+        written = _write_split(train, staging / "train", digits)
+        tested = 0
+        if test:
+            test_digits = (digits[0], len(str(max(0, len(data.test_source) - 1))))
+            clean_test = IndexedImageDataset(data.test_source)
+            tested = _write_split(clean_test, staging / "val", test_digits)
+        summary = {
+            "poison": str(Path(poison)),
+            "train_images": written,
+            "val_images": tested,
+            "layout": "train/{label}/{index}.png (poisoned), val/{label}/{index}.png (clean test)",
+            "meta": stored.meta,
+        }
+        write_json_atomic(staging / "export.json", summary)
     return output
 
 

@@ -15,14 +15,12 @@ as before and so keeps every norm within budget. Train on it with ``rgb_root: {o
 the same ``image_size``; the label domains are still read from the clean ``root``, which is
 never written. Usage::
 
-    python -m unlearn.data.taskonomy_export --poison poisons/scenes/em --output data/scenes_em
+    python -m unlearn.poisons.taskonomy_export --poison poisons/scenes/em --output data/scenes_em
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,9 +28,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from unlearn.data.config import data_module_from_config
+from unlearn.data.poison_store import META_FILE, load_poison
 from unlearn.data.taskonomy import TaskonomyDataModule
 from unlearn.data.taskonomy_domains import domain
 from unlearn.errors import UnlearnError
+from unlearn.io import atomic_directory, write_json_atomic
 
 EXPORT_FILE = "taskonomy_poison.json"
 
@@ -69,19 +70,6 @@ def to_8bit(clean: Tensor, delta: Tensor, norm: str, eps: float) -> tuple[Tensor
     return (clean.double() + change).to(torch.uint8), True
 
 
-def _data_module(meta: dict) -> TaskonomyDataModule:
-    from jsonargparse import ArgumentParser
-
-    config = meta.get("data")
-    if not config:
-        raise UnlearnError("the poison's meta.json records no data module; pass the data module")
-    parser = ArgumentParser()
-    parser.add_subclass_arguments(TaskonomyDataModule, "data", required=True)
-    cfg = parser.parse_object({"data": config})
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    return instantiate(cfg).data
-
-
 def export_taskonomy_poison(
     poison: str | Path,
     output: str | Path,
@@ -99,59 +87,55 @@ def export_taskonomy_poison(
     Returns:
         ``output``.
     """
-    from unlearn.poisons.store import load_poison
-
     output = Path(output)
     stored = load_poison(poison)
-    data = data if data is not None else _data_module(stored.meta)
+    if data is None:
+        what = f"the poison's {Path(poison) / META_FILE}"
+        data = data_module_from_config(stored.meta.get("data"), TaskonomyDataModule, what)
     stored = load_poison(poison, expected=data.info())
     root, out = data.root.resolve(), output.resolve()
     if out == root or root in out.parents or out in root.parents:
         raise UnlearnError(f"output '{output}' overlaps the clean root '{data.root}'")
-    if output.exists():
-        if not overwrite:
-            raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
-        shutil.rmtree(output)
-    staging = output.with_name(output.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
     source = data.train_source
     row_of = {int(i): r for r, i in enumerate(stored.indices.tolist())}
     norm, eps = stored.meta["norm"], float(stored.meta["eps"])
     fallback = 0
     rgb = domain("rgb")
-    for i, (building, point, view) in enumerate(source.index.keys):
-        clean = source.image(i)
-        row = row_of.get(i)
-        if row is None:
-            image = clean
-        else:
-            image, fell_back = to_8bit(clean, stored.delta[row].float(), norm, eps)
-            fallback += fell_back
-        folder = staging / "rgb" / "taskonomy" / building
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image.permute(1, 2, 0).numpy(), "RGB").save(
-            folder / rgb.file_name(point, view)
-        )
-    summary = {
-        "poison": str(Path(poison)),
-        "clean_root": str(data.root),
-        "image_size": data.image_size,
-        "resolution": "perturbation made and stored at image_size x image_size (the clean "
-        "rgb resized bilinear with antialiasing, 8-bit)",
-        "rounding": "nearest 8-bit level; towards the clean value where nearest breaks the budget",
-        "images": len(source),
-        "poisoned": len(row_of),
-        "rounded_towards_clean": fallback,
-        "meta": stored.meta,
-    }
-    (staging / EXPORT_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    staging.rename(output)
+    with atomic_directory(output) as staging:
+        for i, (building, point, view) in enumerate(source.index.keys):
+            clean = source.image(i)
+            row = row_of.get(i)
+            if row is None:
+                image = clean
+            else:
+                image, fell_back = to_8bit(clean, stored.delta[row].float(), norm, eps)
+                fallback += fell_back
+            folder = staging / "rgb" / "taskonomy" / building
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.permute(1, 2, 0).numpy(), "RGB").save(
+                folder / rgb.file_name(point, view)
+            )
+        summary = {
+            "poison": str(Path(poison)),
+            "clean_root": str(data.root),
+            "image_size": data.image_size,
+            "resolution": "perturbation made and stored at image_size x image_size (the clean "
+            "rgb resized bilinear with antialiasing, 8-bit)",
+            "rounding": "nearest 8-bit level; towards the clean value where nearest breaks the "
+            "budget",
+            "images": len(source),
+            "poisoned": len(row_of),
+            "rounded_towards_clean": fallback,
+            "meta": stored.meta,
+        }
+        write_json_atomic(staging / EXPORT_FILE, summary)
     return output
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """``python -m unlearn.data.taskonomy_export --poison DIR --output ROOT``."""
+    """``python -m unlearn.poisons.taskonomy_export --poison DIR --output ROOT``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--poison", required=True, help="the poison store directory")
     parser.add_argument("--output", required=True, help="root of the poisoned rgb copy")
