@@ -36,12 +36,12 @@ from lightning import Trainer, seed_everything
 from unlearn.callbacks import SharpnessCallback
 from unlearn.data.synthetic_scenes import ensure_synthetic_scenes
 from unlearn.data.taskonomy import TaskonomyDataModule
-from unlearn.data.taskonomy_export import export_taskonomy_poison
 from unlearn.poisons import AR, EM, LSP, OPS, RandomNoise
 from unlearn.poisons.command import generate_poison
-from unlearn.sharpness import SalTable
+from unlearn.poisons.taskonomy_export import export_taskonomy_poison
+from unlearn.sharpness import SalTable, task_similarity
 from unlearn.sharpness.ud import ud
-from unlearn.tasks.multitask import MultiTaskTask, task_similarity
+from unlearn.tasks.multitask import MultiTaskTask
 
 torch.set_num_threads(1)  # on a shared, overloaded CPU one thread is many times faster
 

@@ -16,6 +16,7 @@ from unlearn.data.synthetic_scenes import generate
 from unlearn.data.taskonomy import TaskonomyDataModule
 from unlearn.defenses import CutMix, Defense
 from unlearn.models.heads import build_encoder
+from unlearn.sharpness import per_task_sal, task_similarity
 from unlearn.tasks.heads import (
     TASKS,
     DenseRegressionTask,
@@ -24,7 +25,7 @@ from unlearn.tasks.heads import (
     SegmentationSpec,
     register_task,
 )
-from unlearn.tasks.multitask import MultiTaskTask, SegmentationTask, per_task_sal, task_similarity
+from unlearn.tasks.multitask import MultiTaskTask, SegmentationTask
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAINS = ["rgb", "class_scene", "segment_semantic", "depth_euclidean", "normal", "keypoints2d"]
@@ -346,8 +347,8 @@ def sal_run(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_sal_callback_per_task_rows_equal_per_task_sal(scenes: Path, sal_run: dict) -> None:
     from torch.utils.data import default_collate
 
-    from unlearn.callbacks.sharpness import TASK_CSV_COLUMNS
     from unlearn.sharpness import SALSettings
+    from unlearn.sharpness.sal_csv import TASK_CSV_COLUMNS
     from unlearn.sharpness.ud import sal_tasks
 
     rows = read_rows(sal_run["csv"])

@@ -155,7 +155,7 @@ def test_preset_parses_and_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
             "--trainer.limit_train_batches=2",
             "--trainer.limit_val_batches=1",
             "--trainer.accelerator=cpu",
-            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--trainer.default_root_dir={tmp_path}",
         ]
     )
     assert any(isinstance(cb, SharpnessCallback) for cb in cli.trainer.callbacks)
@@ -239,7 +239,6 @@ def test_em_poisoned_quickstart_flattens_the_layers_after_the_shortcut(tmp_path:
             "--trainer.accelerator=cpu",
             "--trainer.enable_progress_bar=false",
             f"--trainer.default_root_dir={tmp_path / name}",
-            f"--trainer.logger.init_args.save_dir={tmp_path / name}",
             *extra,
         ]
         for name, extra in runs.items()
@@ -265,3 +264,123 @@ def test_em_poisoned_quickstart_flattens_the_layers_after_the_shortcut(tmp_path:
         }
     assert last["em"]["loss0"] < last["clean"]["loss0"] / 5, last
     assert last["em"]["flat"] >= 3 and last["em"]["flat"] > last["clean"]["flat"], last
+
+
+#: The SAL numerics among the callback's arguments (``SALSettings`` fields of the same name).
+SAL_NUMERICS = "eps iters lr_min lr_max steps_per_iter cache_prefix pair_directions".split()
+# Where each flat argument of the presets lands: (object path from the callback, attribute).
+PRESET_FIELDS = {
+    "every_n_epochs": ("", "every_n_epochs"),
+    "first_order": ("monitor", "first_order"),
+    "layers": ("monitor", "layers"),
+    "reference": ("monitor", "reference"),
+    "probe_size": ("monitor.probe", "size"),
+    "probe_batch_size": ("monitor.probe", "batch_size"),
+    "seed": ("monitor.probe", "seed"),
+    "input_key": ("monitor.probe", "input_key"),
+    "target_key": ("monitor.probe", "target_key"),
+    **{name: ("monitor.settings", name) for name in SAL_NUMERICS},
+}
+
+
+@pytest.mark.parametrize(
+    ("config", "preset"),
+    [
+        ("quickstart.yaml", "sal.yaml"),
+        ("quickstart.yaml", "sal_fast.yaml"),
+        ("multitask_quickstart.yaml", "sal.yaml"),
+    ],
+)
+def test_presets_build_the_settings_they_name(
+    config: str, preset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every value of a preset reaches the measurement; the others are the defaults."""
+    import inspect
+
+    import yaml
+
+    (entry,) = yaml.safe_load((REPO / "callbacks" / preset).read_text())["trainer"]["callbacks+"]
+    given = entry["init_args"]
+    assert set(given) <= set(PRESET_FIELDS), set(given) - set(PRESET_FIELDS)
+    monkeypatch.chdir(tmp_path)
+    cli = run_lightning(
+        ["--config", str(REPO / "configs" / config), "--config", str(REPO / "callbacks" / preset)],
+        run=False,
+    )
+    (callback,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, SharpnessCallback)]
+    defaults = inspect.signature(SharpnessCallback).parameters
+    for name, (where, attribute) in PRESET_FIELDS.items():
+        owner = callback
+        for part in filter(None, where.split(".")):
+            owner = getattr(owner, part)
+        expected = given[name] if name in given else defaults[name].default
+        assert getattr(owner, attribute) == expected, (preset, name)
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module an ``import`` statement of ``path`` names, function-level ones included."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_layers_point_one_way_callbacks_and_tasks_above_sharpness() -> None:
+    """``unlearn.sharpness`` imports neither the tasks, nor the callbacks, nor Lightning, and
+    the callback finds multi-task modules by duck typing (it imports no task)."""
+    import subprocess
+    import sys
+
+    below = {"unlearn.tasks", "unlearn.callbacks", "lightning"}
+    for path in sorted((REPO / "unlearn" / "sharpness").glob("*.py")):
+        wrong = {m for m in _imported_modules(path) for b in below if f"{m}.".startswith(f"{b}.")}
+        assert not wrong, (path.name, wrong)
+    for path in sorted((REPO / "unlearn" / "callbacks").glob("*.py")):
+        tasks = {m for m in _imported_modules(path) if m.startswith("unlearn.tasks")}
+        assert not tasks, (path.name, tasks)
+    # and at run time: importing every module of the package loads none of them
+    script = (
+        "import pkgutil, sys, importlib, unlearn.sharpness as s\n"
+        "for m in pkgutil.iter_modules(s.__path__):\n"
+        "    importlib.import_module(f'unlearn.sharpness.{m.name}')\n"
+        "print([m for m in sys.modules if m.split('.')[0] == 'lightning'\n"
+        "       or m.startswith(('unlearn.tasks', 'unlearn.callbacks'))])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_monitor_measures_without_lightning() -> None:
+    """The work behind the callback runs on a plain module and a list of samples."""
+    from torch import nn
+
+    from unlearn.sharpness import ProbeSettings, SalMonitor, SALSettings, compute_sal
+    from unlearn.sharpness.sal_csv import CSV_COLUMNS
+
+    class Holder(nn.Module):  # what the callback gets: a module with a `model`
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    torch.manual_seed(0)
+    holder = Holder()
+    samples = [{"image": torch.rand(1, 4, 4), "label": torch.tensor(i % 3)} for i in range(10)]
+    settings = SALSettings(iters=2)
+    monitor = SalMonitor(settings, ProbeSettings(size=6, batch_size=None, seed=1))
+    rows = monitor.measure(holder, lambda: samples, epoch=0, step=5, device=torch.device("cpu"))
+    assert monitor.measured(5) and not monitor.measured(6)
+    assert [list(r)[: len(CSV_COLUMNS)] for r in monitor.rows] == [list(CSV_COLUMNS)] * 2
+    chosen = torch.randperm(10, generator=torch.Generator().manual_seed(1))[:6].tolist()
+    x = torch.stack([samples[i]["image"] for i in chosen])
+    y = torch.stack([samples[i]["label"] for i in chosen])
+    expected = compute_sal(holder.model, [(x, y)], settings=settings)
+    assert [r["sal"] for r in rows] == [r.sal for r in expected]
+    report = monitor.report(holder, rows, torch.device("cpu"))
+    assert report.metrics["sal/mean"] == pytest.approx(sum(r.sal for r in expected) / 2)
+    assert report.tables[None].sal.shape == (1, 2) and report.similarity is None

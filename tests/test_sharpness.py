@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import warnings
 
 import pytest
 import torch
@@ -364,3 +366,15 @@ def test_spearman_known_values() -> None:
     # ties get average ranks: ranks (1.5, 1.5, 3) vs (1, 2, 3) -> rho = sqrt(3)/2
     assert spearman([5, 5, 7], [1, 2, 3]) == pytest.approx(3**0.5 / 2)
     assert spearman([1, 1, 1], [1, 2, 3]) != spearman([1, 1, 1], [1, 2, 3])  # nan
+
+
+def test_spearman_of_constant_or_short_input_is_nan_without_a_warning() -> None:
+    """Every layer flat (all SAL 0) is no ranking: nan, and no scipy warning per checkpoint."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(spearman([0.0, 0.0, 0.0], [0.1, 0.2, 0.3]))
+        assert math.isnan(spearman([0.1, 0.2, 0.3], [2.0, 2.0, 2.0]))
+        assert math.isnan(spearman([0.5], [0.7]))
+        assert math.isnan(spearman([0.1, float("nan"), 0.3], [1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="one length"):
+        spearman([1.0, 2.0], [1.0, 2.0, 3.0])

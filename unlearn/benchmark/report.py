@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
+from scipy.stats import spearmanr
 
 from unlearn.benchmark.grid import CLEAN, Cell, Layout
 from unlearn.benchmark.runner import load_json
@@ -132,10 +134,12 @@ def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> st
     return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
-def spearman(rows: Sequence[dict[str, Any]]) -> tuple[float, float, int]:
-    """Spearman's rho between UD and test accuracy over cells with both, its p-value, n."""
-    from scipy.stats import spearmanr
+def ud_accuracy_spearman(rows: Sequence[dict[str, Any]]) -> tuple[float, float, int]:
+    """Spearman's rho between UD and test accuracy over the cells with both, its p-value, n.
 
+    ``nan`` for rho and p where fewer than 3 cells have both or either is constant (checked
+    here, so scipy never warns about constant input).
+    """
     pairs = [
         (row["ud"], row["test_acc"])
         for row in rows
@@ -196,7 +200,7 @@ def markdown_report(
                 ud_text = mean_std(_numbers(group, "ud"))
                 cells.append(f"{acc} \\| {ud_text}")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    rho, p, n = spearman(rows)
+    rho, p, n = ud_accuracy_spearman(rows)
     lines += ["", "## Correlation of UD and test accuracy", ""]
     if math.isnan(rho):
         lines.append(f"Not enough varied cells with both values (n = {n}).")
@@ -236,12 +240,11 @@ def markdown_report(
 def make_figures(
     layout: Layout, rows: list[dict[str, Any]], out_dir: Path, spec_defenses: Sequence[str]
 ) -> list[str]:
-    """Write ``ud_bars.png``, ``ud_curves.png`` and ``sal_heatmaps.png``; return their names."""
-    import matplotlib
+    """Write ``ud_bars.png``, ``ud_curves.png`` and ``sal_heatmaps.png``; return their names.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    Drawn on :class:`~matplotlib.figure.Figure` objects, without pyplot: the caller's
+    matplotlib backend is never selected or switched.
+    """
     names = []
     groups = _groups(rows)
     methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != CLEAN))
@@ -251,7 +254,8 @@ def make_figures(
         return names
     data, model = settings[0]
 
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(methods), 3.2))
+    fig = Figure(figsize=(1.2 + 1.1 * len(methods), 3.2))
+    ax = fig.subplots()
     width = 0.8 / len(defenses)
     for j, defense in enumerate(defenses):
         means, stds = [], []
@@ -268,7 +272,6 @@ def make_figures(
     ax.legend(title="defense", fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "ud_bars.png", dpi=120)
-    plt.close(fig)
     names.append("ud_bars.png")
 
     reference = [
@@ -280,7 +283,8 @@ def make_figures(
         return names
     clean_cell = reference[0]
     clean = SalTable.read(layout.sal_file(clean_cell))
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
     for method in methods:
         cell = Cell(clean_cell.data, clean_cell.model, clean_cell.defense, clean_cell.seed, method)
         if not layout.sal_file(cell).is_file():
@@ -296,7 +300,6 @@ def make_figures(
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "ud_curves.png", dpi=120)
-    plt.close(fig)
     names.append("ud_curves.png")
 
     panels = [(CLEAN, clean)]
@@ -305,10 +308,8 @@ def make_figures(
         if layout.sal_file(cell).is_file():
             panels.append((method, SalTable.read(layout.sal_file(cell))))
     vmax = max(float(np.abs(t.aligned(clean.layers)).max()) for _, t in panels) or 1.0
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(1.6 * len(panels) + 1.2, 3.4), squeeze=False,
-        constrained_layout=True,
-    )  # fmt: skip
+    fig = Figure(figsize=(1.6 * len(panels) + 1.2, 3.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (method, table) in zip(axes[0], panels, strict=True):
         image = ax.imshow(table.aligned(clean.layers).T, aspect="auto", cmap="magma", vmin=0,
                           vmax=vmax)  # fmt: skip
@@ -318,7 +319,6 @@ def make_figures(
     axes[0][0].set_ylabel("layer (input → output)")
     fig.colorbar(image, ax=axes[0].tolist(), label="SAL")
     fig.savefig(out_dir / "sal_heatmaps.png", dpi=120)
-    plt.close(fig)
     names.append("sal_heatmaps.png")
     return names
 

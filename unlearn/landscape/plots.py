@@ -1,25 +1,22 @@
-"""Figures of loss surfaces and trajectories (matplotlib, Agg backend), and TensorBoard logging.
+"""Figures of loss surfaces and trajectories (matplotlib), and TensorBoard logging.
 
 Every function returns a :class:`matplotlib.figure.Figure` built without pyplot's global
-state; :func:`save_figure` writes it as PNG and :func:`log_figures` adds PNG files to
-TensorBoard.
+state, so the user's matplotlib backend is never selected or switched (``savefig`` renders
+with Agg on its own); :func:`save_figure` writes it as PNG and :func:`log_figures` adds PNG
+files to TensorBoard.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
-
-import matplotlib
-
-matplotlib.use("Agg")
 
 import numpy as np
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from unlearn.io import atomic_path
 from unlearn.landscape.trajectory import ParameterComparison
 
 COLOURS = ["tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown"]
@@ -237,10 +234,8 @@ def plot_input_weight_maps(score: Tensor, title: str = "") -> Figure:
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """Write ``fig`` as PNG atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    fig.savefig(partial, dpi=dpi, format="png")
-    os.replace(partial, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
     return path
 
 

@@ -15,13 +15,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from unlearn.sharpness.sal import (
     Batch,
     LayerFilter,
-    LossFn,
+    MeanLoss,
     cross_entropy,
     measured_layers,
     model_untouched,
@@ -33,7 +34,7 @@ def first_order_sal(
     batches: Sequence[Batch],
     layers: LayerFilter = None,
     *,
-    loss_fn: LossFn = cross_entropy,
+    loss_fn: MeanLoss = cross_entropy,
     eps: float = 0.05,
 ) -> dict[str, float]:
     """First-order SAL estimate ``eps * ||W0|| * ||grad||`` of each measured layer.
@@ -68,26 +69,17 @@ def first_order_sal(
     }
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of ``x``, ties given their average rank."""
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(1, len(x) + 1)
-    for value in np.unique(x):
-        tie = x == value
-        ranks[tie] = ranks[tie].mean()
-    return ranks
-
-
 def spearman(a: Sequence[float] | Tensor | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
-    """Spearman rank correlation of two equally long sequences (ties: average ranks).
+    """Spearman rank correlation of two equally long sequences (``scipy.stats.spearmanr``).
 
-    Returns ``nan`` where either sequence is constant.
+    Ties get their average rank. Returns ``nan`` where either sequence is constant (or has
+    fewer than two values): no ranking, no correlation. That case is caught here rather than
+    left to scipy, which would return ``nan`` too but emit a ``ConstantInputWarning`` at every
+    checkpoint where, e.g., every layer is flat (all SAL 0).
     """
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"spearman needs two 1-D sequences of one length: {x.shape}, {y.shape}")
-    rx, ry = _ranks(x), _ranks(y)
-    if rx.std() == 0 or ry.std() == 0:
+    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
         return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
+    return float(spearmanr(x, y).statistic)

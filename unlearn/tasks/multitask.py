@@ -12,49 +12,24 @@ Logged per stage (``train``, ``val``, ``test``): ``{stage}/loss`` (weighted tota
 
 For SAL per task, :meth:`MultiTaskTask.sal_views` gives each task as a single-output model
 (the shared encoder with that task's head), its packed targets and its loss;
-:func:`per_task_sal` measures them and :func:`task_similarity` compares the tasks' SAL
-vectors over the shared layers; :class:`~unlearn.callbacks.SharpnessCallback` does both at
-checkpoints during training (docs/sal_ud.md, "Multi-task runs").
+:func:`unlearn.sharpness.per_task_sal` measures them and
+:func:`unlearn.sharpness.task_similarity` compares the tasks' SAL vectors over the shared
+layers; :class:`~unlearn.callbacks.SharpnessCallback` does both at checkpoints during training
+(docs/sal_ud.md, "Multi-task runs").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
 from unlearn.defenses.base import Defense
 from unlearn.models.heads import MultiTaskNet, TaskView, build_encoder
+from unlearn.sharpness.multitask import SALView
 from unlearn.tasks.base import BaseTask
 from unlearn.tasks.heads import DEFAULT_TASKS, TaskSpec, task_spec
-
-#: prefix of the shared layers' names in a :class:`~unlearn.models.heads.TaskView`
-SHARED_PREFIX = "encoder."
-
-
-@dataclass
-class SALView:
-    """One task of a multi-task model, in the form SAL measures.
-
-    Attributes:
-        model: the shared encoder and the task's head (parameters shared, not copied);
-            layer names ``encoder.*`` (shared) and ``head.*``.
-        targets: ``targets(batch)``: the task's packed targets ``[B, ...]`` of a dict batch.
-        loss_fn: ``loss_fn(outputs, targets)``: the task's mean loss.
-        correct_fn: ``correct_fn(outputs, targets)``: summed per-sample success in ``[0, 1]``.
-    """
-
-    model: nn.Module
-    targets: Callable[[dict[str, Tensor]], Tensor]
-    loss_fn: Callable[[Tensor, Tensor], Tensor]
-    correct_fn: Callable[[Tensor, Tensor], Tensor]
-
-    def pairs(self, batches: Sequence[dict[str, Tensor]]) -> list[tuple[Tensor, Tensor]]:
-        """The ``(batch["rgb"], targets)`` pair of each dict batch: the probe set of SAL."""
-        return [(batch["rgb"], self.targets(batch)) for batch in batches]
 
 
 class MultiTaskTask(BaseTask):
@@ -72,6 +47,10 @@ class MultiTaskTask(BaseTask):
         num_classes: scene classes (linked from the data module).
         image_shape: ``(C, H, W)`` of the rgb (linked from the data module).
         loss_weights: weight per task name (missing tasks: 1.0).
+        defenses: training-time defenses on the rgb, pixel-aligned ones only (the dense
+            targets do not follow moved pixels). Adversarial training attacks the weighted
+            sum of the task losses; UEraser's max phase takes each sample's largest summed
+            loss over its draws (:meth:`per_sample_loss`).
         lr: SGD learning rate (used when the config has no ``optimizer:`` section).
         momentum: SGD momentum.
         weight_decay: L2 penalty.
@@ -80,6 +59,7 @@ class MultiTaskTask(BaseTask):
 
     monitor = "val/loss"
     mode = "min"
+    dense_targets = True
 
     def __init__(
         self,
@@ -97,15 +77,6 @@ class MultiTaskTask(BaseTask):
         lr_schedule: Literal["cosine", "constant"] = "cosine",
     ) -> None:
         names = list(tasks)
-        moved = [type(d).__name__ for d in defenses or [] if not d.pixel_aligned]
-        if moved:
-            raise ValueError(
-                f"defenses {moved} move pixels or mix labels, which the dense targets do not "
-                "follow; multi-task training takes only pixel-aligned image defenses (JPEG, "
-                "Grayscale, BitDepthReduction, GaussianBlur, Cutout, UEraser(geometric=False))"
-            )
-        # a plain list may be assigned before nn.Module.__init__; modules may not
-        self._given_defenses = list(defenses or [])
         if not names or len(set(names)) != len(names):
             raise ValueError(f"tasks must be a non-empty list of distinct names, got {names}")
         unknown = set(loss_weights or {}) - set(names)
@@ -115,12 +86,12 @@ class MultiTaskTask(BaseTask):
         for spec in self.specs.values():
             spec.head_width = head_width
         super().__init__(
-            lr=lr, momentum=momentum, weight_decay=weight_decay, lr_schedule=lr_schedule
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            lr_schedule=lr_schedule,
+            defenses=defenses,
         )
-
-    def hparams_ignore(self) -> list[str]:
-        """The defenses are modules: kept in the state dict, not in ``hparams``."""
-        return ["defenses"]
 
     def configure_models(self) -> None:
         """The encoder and one head per task."""
@@ -131,8 +102,6 @@ class MultiTaskTask(BaseTask):
             for name, spec in self.specs.items()
         }
         self.model = MultiTaskNet(encoder, heads)
-        self.defenses = nn.ModuleList(self._given_defenses)
-        del self._given_defenses
 
     def configure_losses(self) -> None:
         """Loss weights (equal by default)."""
@@ -154,24 +123,50 @@ class MultiTaskTask(BaseTask):
         """Images ``[B, 3, H, W]`` -> ``{task: output}``."""
         return self.model(images)
 
+    def task_targets(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Each task's packed targets ``{task: [B, ...]}`` of a dict batch."""
+        return {name: spec.targets(batch) for name, spec in self.specs.items()}
+
     def task_losses(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Any]]:
         """Each task's loss on a batch, and the outputs."""
         outputs = self.model(batch["rgb"])
-        losses = {
-            name: spec.loss(outputs[name], spec.targets(batch)) for name, spec in self.specs.items()
-        }
-        return losses, outputs
+        targets = self.task_targets(batch)
+        return {n: s.loss(outputs[n], targets[n]) for n, s in self.specs.items()}, outputs
 
-    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
-        losses, outputs = self.task_losses(batch)
-        total = sum(self.loss_weights[name] * loss for name, loss in losses.items())
+    def per_sample_loss(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
+        """Weighted sum over tasks of each sample's own task loss, ``[B]`` (for defenses)."""
+        return sum(
+            self.loss_weights[name] * spec.per_sample_loss(outputs[name], targets[name])
+            for name, spec in self.specs.items()
+        )
+
+    def batch_loss(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
+        """Weighted sum of the task losses of the batch (each its own batch mean)."""
+        return sum(
+            self.loss_weights[name] * spec.loss(outputs[name], targets[name])
+            for name, spec in self.specs.items()
+        )
+
+    def _record(
+        self,
+        outputs: dict[str, Tensor],
+        targets: dict[str, Tensor],
+        stage: str,
+        total: Tensor | None = None,
+    ) -> Tensor:
+        """Log each task's loss and metrics and the total (computed unless given)."""
+        if total is not None:  # the losses are only logged: no graph for them
+            outputs = {name: out.detach() for name, out in outputs.items()}
+        losses = {n: s.loss(outputs[n], targets[n]) for n, s in self.specs.items()}
+        if total is None:
+            total = sum(self.loss_weights[name] * loss for name, loss in losses.items())
         metrics = getattr(self, f"{stage}_metrics")
-        size = batch["rgb"].shape[0]
+        size = next(iter(targets.values())).shape[0]
         for name, spec in self.specs.items():
-            spec.update(metrics[name], outputs[name].detach(), spec.targets(batch))
+            spec.update(metrics[name], outputs[name].detach(), targets[name])
             self.log(
                 f"{stage}/{name}/loss",
-                losses[name],
+                losses[name].detach(),
                 on_step=False,
                 on_epoch=True,
                 batch_size=size,
@@ -189,12 +184,14 @@ class MultiTaskTask(BaseTask):
         )
         return total
 
+    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        return self._record(self.model(batch["rgb"]), self.task_targets(batch), stage)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """Weighted sum of the task losses, on rgb transformed by the image defenses."""
-        rgb = batch["rgb"]
-        for defense in self.defenses:
-            rgb = defense.transform_images(rgb)
-        return self._step({**batch, "rgb": rgb}, "train")
+        """The weighted task losses with the defenses applied (:meth:`defended_loss`)."""
+        targets = self.task_targets(batch)
+        loss, outputs, _ = self.defended_loss(batch["rgb"], targets)
+        return self._record(outputs, targets, "train", total=loss)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         """Clean validation losses and metrics."""
@@ -232,6 +229,7 @@ class SegmentationTask(MultiTaskTask):
         head_width: channels of the decoder.
         num_classes: scene classes (linked from the data module; unused).
         image_shape: ``(C, H, W)`` of the rgb (linked from the data module).
+        defenses: training-time defenses on the rgb, pixel-aligned ones only.
         lr: SGD learning rate.
         momentum: SGD momentum.
         weight_decay: L2 penalty.
@@ -248,6 +246,7 @@ class SegmentationTask(MultiTaskTask):
         head_width: int = 16,
         num_classes: int = 365,
         image_shape: tuple[int, int, int] = (3, 64, 64),
+        defenses: list[Defense] | None = None,
         lr: float = 0.05,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
@@ -255,6 +254,7 @@ class SegmentationTask(MultiTaskTask):
     ) -> None:
         super().__init__(
             tasks=["segment_semantic"],
+            defenses=defenses,
             model=model,
             width=width,
             head_width=head_width,
@@ -265,68 +265,3 @@ class SegmentationTask(MultiTaskTask):
             weight_decay=weight_decay,
             lr_schedule=lr_schedule,
         )
-
-
-def per_task_sal(
-    task: MultiTaskTask,
-    batches: Sequence[dict[str, Tensor]],
-    layers: Any = None,
-    settings: Any = None,
-) -> dict[str, list[Any]]:
-    """SAL of each task's layers (shared encoder and own head) on probe batches.
-
-    Args:
-        task: the multi-task module at a checkpoint (left unchanged).
-        batches: probe dict batches (unaugmented), on the model's device.
-        layers: which layers to measure (see :func:`unlearn.sharpness.measured_layers`;
-            names are ``encoder.*`` and ``head.*``).
-        settings: :class:`unlearn.sharpness.SALSettings` (default: the paper's).
-
-    Returns:
-        ``{task: [LayerSAL, ...]}``.
-    """
-    from unlearn.sharpness import compute_sal
-
-    out = {}
-    for name, view in task.sal_views().items():
-        out[name] = compute_sal(
-            view.model,
-            view.pairs(batches),
-            layers,
-            loss_fn=view.loss_fn,
-            correct_fn=view.correct_fn,
-            settings=settings,
-        )
-    return out
-
-
-def task_similarity(
-    results: Mapping[str, Sequence[Any] | Mapping[str, float]], prefix: str = SHARED_PREFIX
-) -> tuple[list[str], list[str], Tensor]:
-    """Cosine similarity of the tasks' SAL vectors over the shared layers.
-
-    Args:
-        results: Per task, its layers' SAL: ``[LayerSAL, ...]`` from :func:`per_task_sal`,
-            or ``{layer: SAL}`` (e.g. from a ``sal.csv``).
-        prefix: name prefix of the shared layers.
-
-    Returns:
-        Task names, shared layer names (those with ``prefix`` that every task has, in the
-        first task's order), and the ``[T, T]`` similarity matrix (a task whose shared SAL
-        vector is all zero has similarity 0 with every task, itself included).
-    """
-    by_task = {
-        name: dict(values) if isinstance(values, Mapping) else {r.layer: r.sal for r in values}
-        for name, values in results.items()
-    }
-    names = list(by_task)
-    shared = [
-        layer
-        for layer in by_task[names[0]]
-        if layer.startswith(prefix) and all(layer in by_task[n] for n in names)
-    ]
-    vectors = torch.tensor(
-        [[float(by_task[n][layer]) for layer in shared] for n in names], dtype=torch.float64
-    ).reshape(len(names), len(shared))
-    unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return names, shared, (unit @ unit.T).float()

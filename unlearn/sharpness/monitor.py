@@ -1,0 +1,303 @@
+"""SAL at the checkpoints of a training run, as a plain object (no Lightning inside).
+
+:class:`SalMonitor` holds what a run's SAL measurement keeps between checkpoints: the
+settings, the probe set (drawn once), the clean reference, the split of the work across
+processes and the history of ``sal.csv`` rows (its state, to save in checkpoints). Per
+checkpoint it measures this process's share of the layers (:meth:`SalMonitor.measure`) and
+gives the scalars and tables to log (:meth:`SalMonitor.report`).
+
+The trained module is read by duck typing: one with ``sal_views()``
+(:class:`~unlearn.sharpness.multitask.HasSALViews`) is measured task by task, each view on
+the probe set's ``rgb`` with the task's packed targets; any other is measured through its
+``model`` attribute with cross-entropy and top-1 accuracy on ``(item[input_key],
+item[target_key])`` pairs. The model itself is used, never a DDP wrapper, and left as found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, default_collate
+
+from unlearn.sharpness.checkpoint_metrics import CheckpointReport, checkpoint_report
+from unlearn.sharpness.first_order import first_order_sal
+from unlearn.sharpness.multitask import HasSALViews
+from unlearn.sharpness.reference import SalReference
+from unlearn.sharpness.sal import (
+    LayerFilter,
+    SALSettings,
+    compute_sal,
+    cross_entropy,
+    measured_layers,
+    top1_correct,
+)
+from unlearn.sharpness.sal_csv import columns_of
+from unlearn.sharpness.shard import Unit, gather_rows, layer_costs, split_layers
+from unlearn.sharpness.ud import TASK_COLUMN, SalTable
+
+#: The probe pairs ``(inputs [B, ...], targets [B, ...])`` of each task (``None``: the single
+#: task), on the CPU.
+ProbePairs = dict[str | None, list[tuple[Tensor, Tensor]]]
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How the probe set is drawn from the training samples.
+
+    Attributes:
+        size: Number of samples (all where fewer), drawn once by ``seed``.
+        batch_size: SGD batch size of the SAL steps; ``None``: the whole probe in one batch.
+        seed: Seed of the draw (its own generator: the training's random streams are not
+            touched).
+        input_key: Key of the inputs in the items (single-task modules).
+        target_key: Key of the targets in the items (single-task modules).
+    """
+
+    size: int = 1024
+    batch_size: int | None = 256
+    seed: int = 0
+    input_key: str = "image"
+    target_key: str = "label"
+
+    def __post_init__(self) -> None:
+        """Reject sizes below one."""
+        if self.size < 1 or (self.batch_size is not None and self.batch_size < 1):
+            raise ValueError(
+                f"probe_size and probe_batch_size must be >= 1, got {self.size}, {self.batch_size}"
+            )
+
+
+@dataclass
+class Target:
+    """What SAL measures for one task (the whole model in a single-task run)."""
+
+    model: nn.Module
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    correct_fn: Callable[[Tensor, Tensor], Tensor]
+    layers: list[str]
+
+
+class SalMonitor:
+    """SAL of a module at checkpoints, its history, and UD against a clean reference.
+
+    Args:
+        settings: The SAL numerics.
+        probe: How the probe set is drawn.
+        layers: Which layers to measure (see :func:`~unlearn.sharpness.measured_layers`; in a
+            multi-task module, names of each task's view: ``encoder.*``, ``head.*``).
+        reference: A clean run's ``sal.csv`` (a multi-task run's for a multi-task module);
+            enables UD.
+        first_order: Also report the first-order estimate's rank agreement with the SAL.
+    """
+
+    def __init__(
+        self,
+        settings: SALSettings | None = None,
+        probe: ProbeSettings | None = None,
+        layers: LayerFilter = None,
+        reference: str | Path | None = None,
+        first_order: bool = False,
+    ) -> None:
+        self.settings = settings or SALSettings()
+        self.probe = probe or ProbeSettings()
+        self.layers = layers
+        self.reference = SalReference.read(reference) if reference is not None else None
+        self.first_order = first_order
+        #: Every ``sal.csv`` row so far, in order (the state saved in checkpoints).
+        self.rows: list[dict[str, Any]] = []
+        self._references: dict[str | None, SalTable] | None = None
+        self._pairs: ProbePairs | None = None
+        self._shards: list[list[Unit]] | None = None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """The history (all rows so far)."""
+        return {"rows": [dict(r) for r in self.rows]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the history of a resumed run."""
+        self.rows = [dict(r) for r in state_dict.get("rows", [])]
+
+    def measured(self, step: int) -> bool:
+        """Whether the history has the checkpoint at global step ``step``."""
+        return any(r["step"] == step for r in self.rows)
+
+    # ------------------------------------------------------------------ setup
+    def targets(self, module: nn.Module) -> dict[str | None, Target]:
+        """``{None: module.model}``, or ``{task: its view}`` where the module has ``sal_views()``.
+
+        Raises:
+            ValueError: The layer filter selects nothing (naming the task).
+        """
+        if not isinstance(module, HasSALViews):
+            model = module.model
+            layers = measured_layers(model, self.layers)
+            return {None: Target(model, cross_entropy, top1_correct, layers)}
+        targets: dict[str | None, Target] = {}
+        for task, view in module.sal_views().items():
+            try:
+                layers = measured_layers(view.model, self.layers)
+            except ValueError as err:
+                raise ValueError(f"task {task!r}: {err}") from None
+            targets[task] = Target(view.model, view.loss_fn, view.correct_fn, layers)
+        return targets
+
+    def check(self, module: nn.Module) -> None:
+        """Check the measured layers (and tasks) against the reference, before training.
+
+        Raises:
+            ValueError: Nothing measured, or tasks or layers other than the reference's
+                (see :meth:`SalReference.resolve`).
+        """
+        self._references = None
+        self._resolve(self.targets(module))
+
+    def _resolve(self, targets: dict[str | None, Target]) -> dict[str | None, SalTable]:
+        """The reference table of each task (``{}`` without a reference), checked once."""
+        if self._references is None:
+            self._references = (
+                {}
+                if self.reference is None
+                else self.reference.resolve({task: t.layers for task, t in targets.items()})
+            )
+        return self._references
+
+    def probe_pairs(self, module: nn.Module, dataset: Callable[[], Dataset]) -> ProbePairs:
+        """The probe pairs of each task, on the CPU, drawn at the first call of the run.
+
+        Args:
+            module: The trained module (decides single- or multi-task pairs).
+            dataset: Gives the training samples as the model sees them, unaugmented (called
+                once).
+        """
+        if self._pairs is None:
+            samples = dataset()
+            n = min(self.probe.size, len(samples))
+            generator = torch.Generator().manual_seed(self.probe.seed)
+            chosen = torch.randperm(len(samples), generator=generator)[:n].tolist()
+            items = [samples[i] for i in chosen]
+            size = self.probe.batch_size or n
+            if isinstance(module, HasSALViews):
+                batches = [default_collate(items[i : i + size]) for i in range(0, n, size)]
+                self._pairs = {
+                    task: view.pairs(batches) for task, view in module.sal_views().items()
+                }
+            else:
+                x = torch.stack([item[self.probe.input_key] for item in items])
+                y = torch.stack([torch.as_tensor(item[self.probe.target_key]) for item in items])
+                self._pairs = {
+                    None: [(x[i : i + size], y[i : i + size]) for i in range(0, n, size)]
+                }
+        return self._pairs
+
+    def _my_units(
+        self,
+        targets: dict[str | None, Target],
+        pairs: ProbePairs,
+        units: list[Unit],
+        device: torch.device,
+        rank: int,
+        world_size: int,
+    ) -> list[Unit]:
+        """This process's share of the units, balanced by cost (the same split on every rank)."""
+        if world_size == 1:
+            return units
+        if self._shards is None:
+            costs = [
+                cost
+                for task, target in targets.items()
+                for cost in layer_costs(
+                    target.model, pairs[task][0][0][:1].to(device), target.layers
+                )
+            ]
+            self._shards = split_layers(units, costs, world_size)
+        return self._shards[rank]
+
+    # ------------------------------------------------------------------ work
+    def measure(
+        self,
+        module: nn.Module,
+        dataset: Callable[[], Dataset],
+        epoch: int,
+        step: int,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> list[dict[str, Any]]:
+        """Measure the checkpoint; add its rows to the history and return them.
+
+        With ``world_size > 1`` each process measures its share of the units and the rows
+        are gathered (a collective call: every rank calls it).
+
+        Args:
+            module: The trained module at the checkpoint.
+            dataset: The probe source (see :meth:`probe_pairs`).
+            epoch: The epoch just finished (0-based).
+            step: The global step.
+            device: Where the model is.
+            rank: This process's rank.
+            world_size: Number of processes.
+
+        Returns:
+            The checkpoint's rows (every unit's), with the ``sal.csv`` columns.
+        """
+        targets = self.targets(module)
+        pairs = self.probe_pairs(module, dataset)
+        units = [(task, layer) for task, target in targets.items() for layer in target.layers]
+        mine = self._my_units(targets, pairs, units, device, rank, world_size)
+        rows: list[dict[str, Any]] = []
+        for task, target in targets.items():
+            layers = [layer for t, layer in mine if t == task]
+            if not layers:
+                continue
+            records = compute_sal(
+                target.model,
+                _to(pairs[task], device),
+                layers,
+                loss_fn=target.loss_fn,
+                correct_fn=target.correct_fn,
+                settings=self.settings,
+            )
+            extra = {} if task is None else {TASK_COLUMN: task}
+            rows += [{"epoch": epoch, "step": step, **r.as_dict(), **extra} for r in records]
+        rows = gather_rows(rows, units, world_size)
+        columns = columns_of(None not in targets)
+        self.rows.extend({k: row[k] for k in columns} for row in rows)
+        return rows
+
+    def report(
+        self, module: nn.Module, rows: Sequence[dict[str, Any]], device: torch.device
+    ) -> CheckpointReport:
+        """The scalars and tables of the checkpoint just measured (its ``rows``).
+
+        With ``first_order`` this runs the first-order estimate of every layer (one pass).
+        """
+        targets = self.targets(module)
+        estimates = None
+        if self.first_order:
+            pairs = self.probe_pairs(module, _no_dataset)
+            estimates = {
+                task: first_order_sal(
+                    target.model,
+                    _to(pairs[task], device),
+                    target.layers,
+                    loss_fn=target.loss_fn,
+                    eps=self.settings.eps,
+                )
+                for task, target in targets.items()
+            }
+        return checkpoint_report(rows, self.rows, self._resolve(targets), estimates)
+
+
+def _to(pairs: list[tuple[Tensor, Tensor]], device: torch.device) -> list:
+    """Probe pairs on ``device`` (one task's at a time: the inputs are not copied per task)."""
+    return [(x.to(device), y.to(device)) for x, y in pairs]
+
+
+def _no_dataset() -> Dataset:
+    raise RuntimeError("SalMonitor.report needs a measurement first (measure draws the probe)")
