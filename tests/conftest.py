@@ -119,7 +119,6 @@ def sal_tables_single_and_ddp(
             "fit",
             *fit_args,
             f"--trainer.default_root_dir={out}",
-            f"--trainer.logger.init_args.save_dir={out}",
             *extra,
             cwd=directory,
         )

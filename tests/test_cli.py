@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -135,7 +136,6 @@ def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
         "--data.init_args.download=false",
         "--trainer.accelerator=cpu",
         f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
@@ -151,7 +151,6 @@ def _quickstart(tmp_path: Path, *extra: str) -> Path:
         str(REPO / "configs" / "quickstart.yaml"),
         "--trainer.accelerator=cpu",
         f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
         *extra,
         cwd=tmp_path,
     )
@@ -170,20 +169,44 @@ def test_quickstart_reaches_90_percent(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_log_the_same_keys(tmp_path: Path) -> None:
-    limits = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=4"]
-    single = read_scalars(_quickstart(tmp_path / "single", *limits))
-    ddp = read_scalars(
-        _quickstart(
-            tmp_path / "ddp",
-            *limits,
-            "--trainer.strategy=ddp",
-            "--trainer.devices=2",
-        )
+def test_ddp_two_cpu_processes_log_the_same_keys_and_write_metrics(tmp_path: Path) -> None:
+    limits = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=4", "--test_after_fit=true"]
+    single_dir = _quickstart(tmp_path / "single", *limits)
+    ddp_dir = _quickstart(
+        tmp_path / "ddp", *limits, "--trainer.strategy=ddp", "--trainer.devices=2"
     )
+    single, ddp = read_scalars(single_dir), read_scalars(ddp_dir)
     assert set(single) == set(ddp)
     assert {"train/loss", "train/acc", "val/loss", "val/acc"} <= set(ddp)
     assert 0.0 <= ddp["val/acc"][-1][1] <= 1.0
+    # after training, the test of the final weights ran on both ranks and rank 0 wrote it down
+    for run in (single_dir, ddp_dir):
+        record = json.loads((run / "version_0" / "metrics.json").read_text())
+        assert 0.0 <= record["test"]["test/acc"] <= 1.0 and record["epochs"] == 1
+
+
+def test_default_root_dir_is_the_one_place_a_run_writes(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    result = run_cli(
+        "fit",
+        "--config",
+        str(REPO / "configs" / "quickstart.yaml"),
+        "--trainer.accelerator=cpu",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=2",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={elsewhere}",
+        "--test_after_fit=true",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = elsewhere / "quickstart" / "version_0"
+    assert (run / "metrics.json").is_file() and (run / "checkpoints").is_dir()
+    assert [p.name for p in tmp_path.iterdir()] == ["elsewhere"]  # nothing under ./runs
+    scalars = read_scalars(elsewhere / "quickstart")
+    assert "val/acc" in scalars
+    assert "hp_metric" not in scalars  # TensorBoard's placeholder -1 is off
 
 
 def test_checkpoint_preset_adds_callbacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,7 +222,7 @@ def test_checkpoint_preset_adds_callbacks(tmp_path: Path, monkeypatch: pytest.Mo
             "--trainer.limit_train_batches=2",
             "--trainer.limit_val_batches=2",
             "--trainer.accelerator=cpu",
-            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--trainer.default_root_dir={tmp_path}",
         ]
     )
     names = {type(cb).__name__ for cb in cli.trainer.callbacks}

@@ -255,7 +255,7 @@ def test_trajectory_preset_keeps_the_initial_weights(
             "--trainer.limit_val_batches=1",
             "--trainer.accelerator=cpu",
             "--trainer.enable_progress_bar=false",
-            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--trainer.default_root_dir={tmp_path}",
         ]
     )
     callbacks = [type(cb).__name__ for cb in result.trainer.callbacks]

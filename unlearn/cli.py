@@ -38,7 +38,21 @@ class UnlearnCLI(LightningCLI):
     ``fit --test_after_fit=true`` tests the final weights on the test split after training
     and writes ``metrics.json`` (final validation and test metrics, seconds) into the run's
     log directory: one command gives a finished, measured run (the benchmark uses this).
+
+    ``trainer.default_root_dir`` is the one place a run writes: the logger's ``save_dir`` is
+    linked to it, so the run's logs land in ``{default_root_dir}/{name}/version_N``, and with
+    them the checkpoints, ``sal.csv`` and ``metrics.json``. TensorBoard's placeholder
+    ``hp_metric`` (a constant -1 in every run) is turned off.
     """
+
+    def before_instantiate_classes(self) -> None:
+        """Turn off TensorBoard's placeholder ``hp_metric``."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        loggers = (config.get("trainer") or {}).get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init_args = getattr(logger, "init_args", None)
+            if init_args is not None and str(logger.class_path).endswith("TensorBoardLogger"):
+                init_args["default_hp_metric"] = False
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Link the data set's classes and shape into the model; add ``--test_after_fit``."""
@@ -46,6 +60,8 @@ class UnlearnCLI(LightningCLI):
             parser.link_arguments(
                 f"data.{field}", f"model.init_args.{field}", apply_on="instantiate"
             )
+        # one place for a run's files: ``--trainer.default_root_dir`` moves the logs too
+        parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -64,6 +80,8 @@ class UnlearnCLI(LightningCLI):
         fit_seconds = time.perf_counter() - self._fit_started
         validation = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
         tested = self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+        # ``log_dir`` broadcasts from rank zero: every rank must ask before any returns
+        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         if not self.trainer.is_global_zero:
             return
         record = {
@@ -73,7 +91,6 @@ class UnlearnCLI(LightningCLI):
             "global_step": self.trainer.global_step,
             "fit_seconds": fit_seconds,
         }
-        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         write_json_atomic(log_dir / "metrics.json", record)
 
 

@@ -7,42 +7,34 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from unlearn.defenses.base import Defense, LossFn
+from unlearn.defenses.base import Defense
+from unlearn.loss_types import PerSampleLoss
+from unlearn.pgd import Norm, pgd, project_perturbation, sample_norms
 
 
-def _flat_norm(x: Tensor) -> Tensor:
-    """Per-sample L2 norm of ``[B, ...]`` shaped ``[B, 1, ..., 1]`` for broadcasting."""
-    return x.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.ndim - 1)))
-
-
-def project(delta: Tensor, epsilon: float, norm: str) -> Tensor:
-    """Project perturbations ``[B, C, H, W]`` onto the ``norm`` ball of radius ``epsilon``."""
-    if norm == "linf":
-        return delta.clamp(-epsilon, epsilon)
-    return delta * (epsilon / _flat_norm(delta)).clamp(max=1.0)
-
-
-def pgd(
+def pgd_attack(
     model: nn.Module,
     images: Tensor,
-    targets: Tensor,
-    loss_fn: LossFn,
+    targets: Any,
+    loss_fn: PerSampleLoss,
     epsilon: float,
     step_size: float,
     steps: int,
-    norm: str = "linf",
+    norm: Norm = "linf",
     random_start: str = "normal",
 ) -> Tensor:
     """Projected gradient ascent on ``loss_fn`` within an ``epsilon`` ball around ``images``.
 
-    Only the input gets gradients (``torch.autograd.grad`` on the images), so the model's
-    ``.grad`` fields are left as they were. The model is used in whatever mode it is in.
+    Only the input gets gradients (``torch.autograd.grad`` on the perturbation), so the
+    model's ``.grad`` fields are left as they were. The model is used in whatever mode it is
+    in. The steps are :func:`unlearn.pgd.pgd`'s.
 
     Args:
         model: maps images to outputs.
         images: ``float [B, C, H, W]`` in ``[0, 1]``.
-        targets: what ``loss_fn`` compares outputs with (``[B]`` or ``[B, num_classes]``).
-        loss_fn: per-sample loss ``[B]``.
+        targets: what ``loss_fn`` compares outputs with (``[B]`` or ``[B, num_classes]``, or
+            a task's dense targets).
+        loss_fn: per-sample loss ``[B]``; the attack ascends its sum.
         epsilon: radius of the ball, in pixel units of ``[0, 1]`` (L_inf) or L2 over the image.
         step_size: ascent step, same units.
         steps: number of steps.
@@ -62,24 +54,21 @@ def pgd(
     elif random_start == "uniform":
         direction = torch.randn_like(clean)
         radius = epsilon * torch.rand(clean.shape[0], device=clean.device, dtype=clean.dtype)
-        delta = direction / _flat_norm(direction) * radius.view(-1, 1, 1, 1)
+        delta = direction / sample_norms(direction) * radius.view(-1, 1, 1, 1)
     elif random_start == "none":
         delta = torch.zeros_like(clean)
     else:
         raise ValueError(f"random_start must be normal, uniform or none, got {random_start!r}")
-    adversarial = (clean + project(delta, epsilon, norm)).clamp(0, 1)
+
+    def gradient(delta: Tensor) -> Tensor:
+        delta = delta.detach().requires_grad_(True)
+        loss = loss_fn(model(clean + delta), targets).sum()
+        return torch.autograd.grad(loss, delta)[0]
+
     with torch.enable_grad():
-        for _ in range(steps):
-            adversarial.requires_grad_(True)
-            loss = loss_fn(model(adversarial), targets).sum()
-            (grad,) = torch.autograd.grad(loss, adversarial)
-            if norm == "linf":
-                step = step_size * grad.sign()
-            else:
-                step = step_size * grad / _flat_norm(grad)
-            delta = project(adversarial.detach() + step - clean, epsilon, norm)
-            adversarial = (clean + delta).clamp(0, 1)
-    return adversarial.detach()
+        delta = project_perturbation(clean, delta, epsilon, norm)
+        delta = pgd(gradient, clean, delta, epsilon, step_size, steps, norm)
+    return (clean + delta).clamp(0, 1).detach()
 
 
 class AdversarialTraining(Defense):
@@ -101,7 +90,7 @@ class AdversarialTraining(Defense):
         step_size: PGD step; ``None`` gives ``epsilon / 4`` (2/255 for L_inf).
         steps: PGD steps.
         norm: ``"linf"`` or ``"l2"``.
-        random_start: ``"normal"``, ``"uniform"`` or ``"none"`` (see :func:`pgd`).
+        random_start: ``"normal"``, ``"uniform"`` or ``"none"`` (see :func:`pgd_attack`).
         attack_mode: model mode during the attack, ``"eval"`` or ``"train"``.
     """
 
@@ -130,12 +119,14 @@ class AdversarialTraining(Defense):
         self.random_start = random_start
         self.attack_mode = attack_mode
 
-    def perturb(self, model: nn.Module, images: Tensor, targets: Tensor, loss_fn: LossFn) -> Tensor:
+    def perturb(
+        self, model: nn.Module, images: Tensor, targets: Tensor, loss_fn: PerSampleLoss
+    ) -> Tensor:
         """Adversarial versions ``[B, C, H, W]`` of ``images``; the model's mode is restored."""
         was_training = model.training
         model.train(self.attack_mode == "train")
         try:
-            return pgd(
+            return pgd_attack(
                 model,
                 images,
                 targets,
@@ -150,7 +141,7 @@ class AdversarialTraining(Defense):
             model.train(was_training)
 
     def training_loss(
-        self, model: nn.Module, images: Tensor, targets: Tensor, loss_fn: LossFn, epoch: int
+        self, model: nn.Module, images: Tensor, targets: Tensor, loss_fn: PerSampleLoss, epoch: int
     ) -> tuple[Tensor, Any]:
         """Mean loss of the model on the PGD-perturbed batch, and the outputs on it."""
         adversarial = self.perturb(model, images, targets, loss_fn)

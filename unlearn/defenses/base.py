@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-#: ``loss_fn(outputs, targets) -> float [B]``: the task's loss, one value per sample.
-LossFn = Callable[[Any, Tensor], Tensor]
+from unlearn.loss_types import MeanLoss, PerSampleLoss
 
 
 class Defense(nn.Module):
@@ -46,7 +45,7 @@ class Defense(nn.Module):
         return images, targets
 
     def training_loss(
-        self, model: nn.Module, images: Tensor, targets: Tensor, loss_fn: LossFn, epoch: int
+        self, model: nn.Module, images: Tensor, targets: Tensor, loss_fn: PerSampleLoss, epoch: int
     ) -> tuple[Tensor, Any] | None:
         """Return ``(loss, outputs)`` computed the defense's way, or ``None`` for the plain loss.
 
@@ -69,9 +68,10 @@ def apply_defenses(
     model: nn.Module,
     images: Tensor,
     targets: Tensor,
-    loss_fn: LossFn,
+    loss_fn: PerSampleLoss,
     epoch: int,
     num_classes: int | None = None,
+    batch_loss: MeanLoss | None = None,
 ) -> tuple[Tensor, Any, Tensor]:
     """Run the three hooks of ``defenses`` on one training batch and return its loss.
 
@@ -83,6 +83,8 @@ def apply_defenses(
         loss_fn: per-sample loss ``loss_fn(outputs, targets) -> [B]``.
         epoch: current epoch (0-based).
         num_classes: number of classes; needed only when a defense mixes labels.
+        batch_loss: the scalar loss of a batch when no defense computes one; default: the
+            mean of ``loss_fn``.
 
     Returns:
         ``(loss, outputs, targets)``: the scalar loss, the outputs it came from and the targets
@@ -101,6 +103,8 @@ def apply_defenses(
             loss, outputs = result
             return loss, outputs, targets
     outputs = model(images)
+    if batch_loss is not None:
+        return batch_loss(outputs, targets), outputs, targets
     return loss_fn(outputs, targets).mean(), outputs, targets
 
 

@@ -10,7 +10,7 @@ the probe batches (a cumulative average over the batches, as
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from typing import Literal
 
@@ -21,9 +21,9 @@ from torch.func import functional_call
 from tqdm import tqdm
 
 from unlearn.landscape.directions import ParameterSpace
+from unlearn.loss_types import MeanLoss
 
 BatchNormMode = Literal["eval", "recompute"]
-LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def _batch_norms(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
@@ -70,7 +70,7 @@ class LossEvaluator:
         space: ParameterSpace,
         batches: Sequence[tuple[Tensor, Tensor]],
         buffers: dict[str, Tensor] | None = None,
-        loss_fn: LossFn = F.cross_entropy,
+        loss_fn: MeanLoss = F.cross_entropy,
         bn: BatchNormMode = "eval",
         accuracy: bool = True,
     ) -> None:

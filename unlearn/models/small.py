@@ -53,8 +53,8 @@ def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
 class SmallCNN(nn.Module):
     """A CNN sized for CPU runs: three stages of two conv-BN-ReLU, then two linear layers.
 
-    Eight measured layers (six convolutions, two linear), enough for UD to resolve
-    differences between methods (see DESIGN.md). About 0.1M parameters at ``width=16``.
+    Eight measured layers (six convolutions, two linear): UD counts learnable layers, so
+    each layer moves it by 1/8 (docs/sal_ud.md). About 0.1M parameters at ``width=16``.
 
     Args:
         num_classes: output logits.

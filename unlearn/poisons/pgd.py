@@ -1,8 +1,9 @@
-"""Projected gradient steps on a perturbation, shared by EM, REM and TAP.
+"""The cross-entropy objectives of EM, REM and TAP on top of the shared PGD loop.
 
 Images are ``float [B, C, H, W]`` in ``[0, 1]``; a perturbation ``delta`` has the same shape.
 Every function here keeps ``images + delta`` inside ``[0, 1]`` (``delta`` is the effective
-perturbation, so the clamp at training time changes nothing).
+perturbation, so the clamp at training time changes nothing). The loop and the projections
+are :mod:`unlearn.pgd`'s.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unlearn.pgd import pgd, project_perturbation
+
 #: a differentiable random augmentation ``(images [B, C, H, W]) -> images``
 Augment = Callable[[Tensor], Tensor]
 
 
 def project_linf(images: Tensor, delta: Tensor, eps: float) -> Tensor:
     """Clip ``delta`` to ``[-eps, eps]`` and ``images + delta`` to ``[0, 1]``."""
-    delta = delta.clamp(-eps, eps)
-    return (images + delta).clamp(0.0, 1.0) - images
+    return project_perturbation(images, delta, eps, "linf")
 
 
 def random_start(images: Tensor, eps: float, generator: torch.Generator) -> Tensor:
@@ -58,10 +60,10 @@ def pgd_linf(
     Returns:
         The perturbation after ``steps`` steps, detached.
     """
-    sign = -1.0 if minimize else 1.0
-    delta = delta.detach()
-    for _ in range(steps):
-        delta.requires_grad_(True)
+
+    def gradient(delta: Tensor) -> Tensor:
+        # one backward per draw (not one of the summed losses): memory stays that of one draw
+        delta = delta.detach().requires_grad_(True)
         grad = torch.zeros_like(delta)
         for _ in range(eot_samples):
             inputs = images + delta
@@ -69,8 +71,9 @@ def pgd_linf(
                 inputs = augment(inputs)
             loss = F.cross_entropy(model(inputs), labels)
             grad += torch.autograd.grad(loss, delta)[0]
-        delta = project_linf(images, delta.detach() + sign * step_size * grad.sign(), eps)
-    return delta.detach()
+        return grad
+
+    return pgd(gradient, images, delta, eps, step_size, steps, "linf", minimize=minimize)
 
 
 @torch.no_grad()

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unlearn.pgd import pgd
 from unlearn.poisons.base import PoisonContext, PoisonData, PoisonMethod, PoisonResult
-from unlearn.poisons.pgd import Augment, make_augment, pgd_linf, project_linf, random_start
+from unlearn.poisons.pgd import Augment, make_augment, pgd_linf, random_start
 from unlearn.poisons.surrogate import (
     BatchStream,
     build_surrogate,
@@ -125,8 +126,9 @@ class REM(PoisonMethod):
     ) -> Tensor:
         """The robust error-minimising noise of one batch, from a random start."""
         model.eval()
-        delta = random_start(images, self.eps, gen)
-        for _ in range(self.pgd_steps):
+
+        def gradient(delta: Tensor) -> Tensor:
+            delta = delta.detach()
             grad = torch.zeros_like(delta)
             for _ in range(self.eot_samples):
                 delta.requires_grad_(True)
@@ -138,8 +140,10 @@ class REM(PoisonMethod):
                 loss = F.cross_entropy(model(inputs), labels)
                 grad += torch.autograd.grad(loss, delta)[0]
                 delta = delta.detach()
-            delta = project_linf(images, delta - self.step_size * grad.sign(), self.eps)
-        return delta.detach()
+            return grad
+
+        start = random_start(images, self.eps, gen)
+        return pgd(gradient, images, start, self.eps, self.step_size, self.pgd_steps, minimize=True)
 
     def generate(self, data: PoisonData, context: PoisonContext) -> PoisonResult:
         """Train the surrogate adversarially while re-optimising each batch's noise."""

@@ -47,10 +47,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
+from unlearn.loss_types import MeanLoss
+from unlearn.pgd import project_to_ball
 from unlearn.sharpness.prefix_cache import FullRunner, SuffixRunner, trace
 
 Batch = tuple[Tensor, Tensor]
-LossFn = Callable[[Any, Tensor], Tensor]
 CorrectFn = Callable[[Any, Tensor], Tensor | float | int]
 LayerFilter = str | Sequence[str] | Callable[[str], bool] | None
 
@@ -219,15 +220,13 @@ def model_untouched(model: nn.Module) -> Iterator[None]:
 
 def _project(w: Tensor, w0: Tensor, radius: Tensor) -> Tensor:
     """Project ``w`` onto ``||w - w0|| <= radius``; ``w`` itself (bit-exact) when inside."""
-    diff = w - w0
-    norm = diff.norm()
-    return torch.where(norm > radius, w0 + diff * (radius / norm), w)
+    return project_to_ball(w, w0, radius, "l2", per_sample=False)
 
 
 class _Probe:
     """The probe batches with the functions that score outputs on them."""
 
-    def __init__(self, batches: Sequence[Batch], loss_fn: LossFn, correct_fn: CorrectFn) -> None:
+    def __init__(self, batches: Sequence[Batch], loss_fn: MeanLoss, correct_fn: CorrectFn) -> None:
         if len(batches) == 0:
             raise ValueError("SAL needs at least one probe batch")
         # inference tensors (made under torch.inference_mode) cannot be saved for backward
@@ -423,7 +422,7 @@ def compute_sal(
     batches: Sequence[Batch],
     layers: LayerFilter = None,
     *,
-    loss_fn: LossFn = cross_entropy,
+    loss_fn: MeanLoss = cross_entropy,
     correct_fn: CorrectFn = top1_correct,
     settings: SALSettings | None = None,
 ) -> list[LayerSAL]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 from lightning import LightningModule
-from torch import nn
+from torch import Tensor, nn
+
+from unlearn.defenses.base import Defense, apply_defenses
 
 
 class BaseTask(LightningModule, ABC):
@@ -22,6 +25,22 @@ class BaseTask(LightningModule, ABC):
     arguments below and, with ``lr_schedule="cosine"`` and ``max_epochs`` known, cosine
     annealing to zero.
 
+    **Defenses.** Every task takes ``defenses`` and handles them here, the same way for
+    every task (see :class:`~unlearn.defenses.Defense` for the hooks). The contract for a
+    subclass:
+
+    - its ``training_step`` gets the loss from :meth:`defended_loss` (inputs and targets
+      of the batch in, ``(loss, outputs, targets)`` out), never from the model directly, so
+      that image transforms, label mixing, adversarial training and UEraser's max over
+      draws all run;
+    - it implements :meth:`per_sample_loss` (one loss per sample: adversarial training
+      ascends their sum, UEraser takes each sample's maximum over draws) and may override
+      :meth:`batch_loss` (the loss without a loss-changing defense; default: the mean of
+      the per-sample losses);
+    - it sets :attr:`dense_targets` to ``True`` when its targets are images aligned with
+      the input (segmentation, depth, ...): defenses that move pixels or mix labels
+      (``Defense.pixel_aligned`` false) are then refused at construction.
+
     Args:
         lr: SGD learning rate.
         momentum: SGD momentum.
@@ -29,13 +48,17 @@ class BaseTask(LightningModule, ABC):
         lr_schedule: ``"cosine"`` (annealing to zero over ``max_epochs``) or ``"constant"``
             (the protocol of the SAL/UD paper's public code: its step schedule never steps
             within its 50 epochs; see docs/sal_ud.md).
+        defenses: training-time defenses, applied to training batches only, in order.
     """
 
     #: metric a checkpoint/early-stopping callback watches, and its direction
     monitor = "val/loss"
     mode = "min"
+    #: targets are pixel-aligned with the input images (dense prediction)
+    dense_targets: ClassVar[bool] = False
 
     model: nn.Module
+    defenses: nn.ModuleList
 
     def __init__(
         self,
@@ -43,18 +66,72 @@ class BaseTask(LightningModule, ABC):
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         lr_schedule: Literal["cosine", "constant"] = "cosine",
+        defenses: Sequence[Defense] | None = None,
     ) -> None:
+        given = list(defenses or [])
+        self.check_defenses(given)
         super().__init__()
         if lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
-        self.save_hyperparameters(ignore=self.hparams_ignore())
+        self.save_hyperparameters(ignore=["defenses", *self.hparams_ignore()])
+        self.defenses = nn.ModuleList(given)
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
 
+    @classmethod
+    def check_defenses(cls, defenses: Sequence[Defense]) -> None:
+        """Refuse defenses this task cannot apply correctly (raises ``ValueError``)."""
+        for defense in defenses:
+            if not isinstance(defense, Defense):
+                raise ValueError(
+                    f"defenses: expected unlearn.defenses.Defense objects, "
+                    f"found {type(defense).__name__}"
+                )
+        if cls.dense_targets:
+            moved = [type(d).__name__ for d in defenses if not d.pixel_aligned]
+            if moved:
+                raise ValueError(
+                    f"{cls.__name__}: defenses {moved} move pixels or mix labels, which "
+                    "its dense targets do not follow; take pixel-aligned defenses only "
+                    "(JPEG, Grayscale, BitDepthReduction, GaussianBlur, Cutout, "
+                    "AdversarialTraining, UEraser(geometric=False))"
+                )
+
     def hparams_ignore(self) -> list[str]:
-        """Arguments not to store in ``hparams`` (modules are saved in the state dict)."""
+        """Arguments not to store in ``hparams`` besides ``defenses`` (modules: state dict)."""
         return []
+
+    def per_sample_loss(self, outputs: Any, targets: Any) -> Tensor:
+        """The training loss of each sample, ``float [B]`` (subclasses implement it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define per_sample_loss")
+
+    def batch_loss(self, outputs: Any, targets: Any) -> Tensor:
+        """The scalar training loss of a batch: the mean of :meth:`per_sample_loss`."""
+        return self.per_sample_loss(outputs, targets).mean()
+
+    def defended_loss(self, inputs: Tensor, targets: Any) -> tuple[Tensor, Any, Any]:
+        """The training loss of a batch with the defenses applied.
+
+        Args:
+            inputs: training images ``float [B, C, H, W]`` in ``[0, 1]``.
+            targets: what :meth:`per_sample_loss` compares the outputs with (``int64 [B]``
+                labels, or a task's dense targets).
+
+        Returns:
+            ``(loss, outputs, targets)``: the scalar loss, the outputs it came from and the
+            targets after mixing (soft ``[B, num_classes]`` when a mixing defense ran).
+        """
+        return apply_defenses(
+            self.defenses,
+            self.model,
+            inputs,
+            targets,
+            self.per_sample_loss,
+            self.current_epoch,
+            self.hparams.get("num_classes"),
+            batch_loss=self.batch_loss,
+        )
 
     @abstractmethod
     def configure_models(self) -> None:

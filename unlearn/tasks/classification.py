@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from unlearn.defenses.base import Defense, apply_defenses
+from unlearn.defenses.base import Defense
 from unlearn.models import build_model
 from unlearn.tasks.base import BaseTask
 
@@ -48,20 +48,21 @@ class ClassificationTask(BaseTask):
         lr_schedule: Literal["cosine", "constant"] = "cosine",
     ) -> None:
         # a plain dict may be assigned before nn.Module.__init__; modules may not
-        self._module_args = {"model": model, "defenses": defenses or []}
+        self._module_args = {"model": model}
         super().__init__(
-            lr=lr, momentum=momentum, weight_decay=weight_decay, lr_schedule=lr_schedule
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            lr_schedule=lr_schedule,
+            defenses=defenses,
         )
 
     def hparams_ignore(self) -> list[str]:
-        """Keep modules (a user backbone, the defenses) out of ``hparams``."""
-        ignore = ["defenses"]
-        if isinstance(self._module_args["model"], nn.Module):
-            ignore.append("model")
-        return ignore
+        """Keep a user backbone (a module) out of ``hparams``."""
+        return ["model"] if isinstance(self._module_args["model"], nn.Module) else []
 
     def configure_models(self) -> None:
-        """Build the backbone from its name, or take the given module; keep the defenses."""
+        """Build the backbone from its name, or take the given module."""
         given = self._module_args.pop("model")
         if isinstance(given, nn.Module):
             self.model = given
@@ -69,7 +70,6 @@ class ClassificationTask(BaseTask):
             self.model = build_model(
                 given, self.hparams["num_classes"], tuple(self.hparams["image_shape"])
             )
-        self.defenses = nn.ModuleList(self._module_args.pop("defenses"))
 
     def configure_losses(self) -> None:
         """Cross-entropy with integer or soft (mixed) targets."""
@@ -88,22 +88,13 @@ class ClassificationTask(BaseTask):
         """Images ``[B, C, H, W]`` -> logits ``[B, num_classes]``."""
         return self.model(images)
 
-    @staticmethod
-    def per_sample_loss(logits: Tensor, targets: Tensor) -> Tensor:
-        """Cross-entropy per sample ``[B]``; ``targets`` integer ``[B]`` or soft ``[B, K]``."""
-        return F.cross_entropy(logits, targets, reduction="none")
+    def per_sample_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Cross-entropy ``[B]`` of logits ``[B, K]``; targets ``int64 [B]`` or soft ``[B, K]``."""
+        return F.cross_entropy(outputs, targets, reduction="none")
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """The defenses' hooks (see :func:`unlearn.defenses.base.apply_defenses`), then the loss."""
-        loss, logits, targets = apply_defenses(
-            self.defenses,
-            self.model,
-            batch["image"],
-            batch["label"],
-            self.per_sample_loss,
-            self.current_epoch,
-            self.hparams["num_classes"],
-        )
+        """The loss with the defenses applied (:meth:`BaseTask.defended_loss`)."""
+        loss, logits, targets = self.defended_loss(batch["image"], batch["label"])
         hard = targets.argmax(dim=1) if targets.ndim == 2 else targets
         self.train_metrics.update(logits.detach(), hard)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)

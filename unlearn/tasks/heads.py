@@ -98,6 +98,16 @@ class TaskSpec(ABC):
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """Mean loss of a batch, a scalar with graph."""
 
+    def per_sample_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """The loss of each sample on its own, ``[B]`` with graph (defenses need it).
+
+        By definition :meth:`loss` of the one-sample batch; built-in tasks override it with
+        a vectorised form of the same values.
+        """
+        return torch.stack(
+            [self.loss(outputs[i : i + 1], targets[i : i + 1]) for i in range(outputs.shape[0])]
+        )
+
     @abstractmethod
     def metrics(self) -> MetricCollection:
         """Fresh metrics of the task."""
@@ -131,6 +141,10 @@ class SceneTask(TaskSpec):
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """Cross-entropy of logits ``[B, K]``."""
         return F.cross_entropy(outputs, targets)
+
+    def per_sample_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Cross-entropy of each sample ``[B]``."""
+        return F.cross_entropy(outputs, targets, reduction="none")
 
     def metrics(self) -> MetricCollection:
         """Top-1 accuracy."""
@@ -171,6 +185,12 @@ class SegmentationSpec(TaskSpec):
             return outputs.sum() * 0.0
         return F.cross_entropy(outputs, targets, ignore_index=SEGMENT_IGNORE)
 
+    def per_sample_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Each sample's cross-entropy over its labelled pixels ``[B]`` (0 where none)."""
+        pixels = F.cross_entropy(outputs, targets, ignore_index=SEGMENT_IGNORE, reduction="none")
+        valid = (targets != SEGMENT_IGNORE).flatten(1)
+        return pixels.flatten(1).sum(1) / valid.sum(1).clamp_min(1)
+
     def metrics(self) -> MetricCollection:
         """Mean IoU and pixel accuracy over labelled pixels."""
         return MetricCollection(
@@ -201,6 +221,13 @@ def _masked_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return (pred - target).abs()[mask.expand_as(pred)].mean()
 
 
+def _masked_l1_per_sample(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """:func:`_masked_l1` of each sample ``[B]`` (0 for a sample without a valid pixel)."""
+    mask = mask.expand_as(pred)
+    errors = ((pred - target).abs() * mask).flatten(1).sum(1)
+    return errors / mask.flatten(1).sum(1).clamp_min(1)
+
+
 @register_task
 class DepthTask(TaskSpec):
     """Depth in metres: masked L1 loss; ``l1`` (m) and ``absrel`` metrics, ``delta1`` as success.
@@ -222,6 +249,10 @@ class DepthTask(TaskSpec):
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """Mean absolute error over valid pixels, metres."""
         return _masked_l1(outputs, targets[:, :1], targets[:, 1:] > 0.5)
+
+    def per_sample_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Each sample's mean absolute error over its valid pixels ``[B]``."""
+        return _masked_l1_per_sample(outputs, targets[:, :1], targets[:, 1:] > 0.5)
 
     def metrics(self) -> MetricCollection:
         """Masked L1 (m) and absolute relative error."""
@@ -264,6 +295,10 @@ class NormalTask(TaskSpec):
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """Mean absolute error of the vector components over valid pixels."""
         return _masked_l1(outputs, targets[:, :3], targets[:, 3:] > 0.5)
+
+    def per_sample_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Each sample's mean absolute error over its valid pixels ``[B]``."""
+        return _masked_l1_per_sample(outputs, targets[:, :3], targets[:, 3:] > 0.5)
 
     @staticmethod
     def angles(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -308,6 +343,10 @@ class DenseRegressionTask(TaskSpec):
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """Mean absolute error."""
         return F.l1_loss(outputs, targets)
+
+    def per_sample_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Each sample's mean absolute error ``[B]``."""
+        return (outputs - targets).abs().flatten(1).mean(1)
 
     def metrics(self) -> MetricCollection:
         """Mean absolute error."""
