@@ -20,8 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 DIGIT_CONFIGS = sorted((REPO / "configs" / "digits").glob("defense_*.yaml"))
 CIFAR_CONFIGS = sorted((REPO / "configs" / "cifar10").glob("defense_*.yaml"))
 
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
-
 
 @pytest.fixture(scope="module")
 def digits_poison(tmp_path_factory: pytest.TempPathFactory) -> Path:

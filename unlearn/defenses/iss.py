@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from PIL import Image
 from torch import Tensor
 
 from unlearn.defenses.base import Defense, to_float, to_uint8
 
 
+def _jpeg_round_trip(pixels: Tensor, quality: int) -> Tensor:
+    """Encode one ``uint8 [C, H, W]`` CPU image (C 1 or 3) as JPEG with Pillow and decode it."""
+    array = pixels.permute(1, 2, 0).numpy()
+    # a 1-channel image is encoded as a grayscale JPEG (mode "L"), 3 channels as RGB (4:2:0)
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    stream = io.BytesIO()
+    image.save(stream, format="JPEG", quality=quality)
+    stream.seek(0)
+    with Image.open(stream) as decoded:
+        out = np.array(decoded, dtype=np.uint8)
+    return torch.from_numpy(out).view(*array.shape).permute(2, 0, 1)
+
+
 def jpeg(images: Tensor, quality: int) -> Tensor:
-    """JPEG-compress and decode each image (torchvision's libjpeg codec, on the CPU).
+    """JPEG-compress and decode each image (Pillow's libjpeg codec, on the CPU).
+
+    Each image is its own JPEG file (8x8 blocks from its top-left corner; RGB with 4:2:0
+    chroma subsampling, Pillow's default).
 
     Args:
         images: ``float [..., C, H, W]`` in ``[0, 1]`` with ``C`` 1 or 3, on any device.
@@ -21,8 +41,12 @@ def jpeg(images: Tensor, quality: int) -> Tensor:
     """
     if images.shape[-3] not in (1, 3):
         raise ValueError(f"JPEG needs 1 or 3 channels, got images of shape {tuple(images.shape)}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
     flat = to_uint8(images).cpu().reshape(-1, *images.shape[-3:])
-    decoded = TF.jpeg(flat, quality)
+    if flat.shape[0] == 0:
+        return images.detach().clone()
+    decoded = torch.stack([_jpeg_round_trip(x, int(quality)) for x in flat])
     return to_float(decoded.reshape(images.shape), images)
 
 
