@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from kornia.augmentation.auto import TrivialAugment
 from kornia.augmentation.auto.trivial_augment.trivial_augment import default_policy
+from test_defenses import tiny_model
 from torch import nn
 
 from unlearn.defenses import UEraser, jpeg
@@ -34,18 +35,6 @@ def authors_pipeline(plasma_p: float = 0.5) -> nn.Module:
 
 def per_sample_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets, reduction="none")
-
-
-def tiny_model(channels: int) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(channels, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(4),
-        nn.Flatten(),
-        nn.Linear(128, 10),
-    )
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -18,16 +18,37 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 from PIL import Image
 
 from unlearn.data import ImageClassificationDataModule
+from unlearn.data.base import BaseDataModule
 from unlearn.data.config import data_module_from_config, instantiate_config
 from unlearn.data.datasets import IndexedImageDataset, PoisonOverlay
-from unlearn.data.poison_store import META_FILE, StoreExistsError, load_poison
+from unlearn.data.poison_store import META_FILE, StoredPoison, StoreExistsError, load_poison
 from unlearn.io import atomic_directory, write_json_atomic
+
+T = TypeVar("T", bound=BaseDataModule)
+
+
+def poison_and_data(poison: str | Path, data: T | None, base: type[T]) -> tuple[StoredPoison, T]:
+    """Load a poison store checked against its clean data module.
+
+    Args:
+        poison: the poison store's directory.
+        data: the clean data module; ``None`` rebuilds it from the poison's ``meta.json``.
+        base: the class the rebuilt data module must be (e.g. ``TaskonomyDataModule``).
+
+    Returns:
+        The store (verified to be for ``data``'s training split) and the data module.
+    """
+    if data is None:
+        what = f"the poison's {Path(poison) / META_FILE}"
+        data = data_module_from_config(load_poison(poison).meta.get("data"), base, what)
+    return load_poison(poison, expected=data.info()), data
 
 
 def _write_split(dataset: IndexedImageDataset, directory: Path, digits: tuple[int, int]) -> int:
@@ -64,11 +85,7 @@ def export_poison(
         ``output``.
     """
     output = Path(output)
-    stored = load_poison(poison)
-    if data is None:
-        what = f"the poison's {Path(poison) / META_FILE}"
-        data = data_module_from_config(stored.meta.get("data"), ImageClassificationDataModule, what)
-    stored = load_poison(poison, expected=data.info())  # the poison is for this data
+    stored, data = poison_and_data(poison, data, ImageClassificationDataModule)
     if output.exists() and not overwrite:
         raise StoreExistsError(f"{output} exists; pass --overwrite to replace it")
     source = data.train_source

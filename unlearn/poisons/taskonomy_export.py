@@ -28,12 +28,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from unlearn.data.config import data_module_from_config
-from unlearn.data.poison_store import META_FILE, load_poison
 from unlearn.data.taskonomy import TaskonomyDataModule
 from unlearn.data.taskonomy_domains import domain
 from unlearn.errors import UnlearnError
 from unlearn.io import atomic_directory, write_json_atomic
+from unlearn.poisons.export import poison_and_data
 
 EXPORT_FILE = "taskonomy_poison.json"
 
@@ -88,11 +87,7 @@ def export_taskonomy_poison(
         ``output``.
     """
     output = Path(output)
-    stored = load_poison(poison)
-    if data is None:
-        what = f"the poison's {Path(poison) / META_FILE}"
-        data = data_module_from_config(stored.meta.get("data"), TaskonomyDataModule, what)
-    stored = load_poison(poison, expected=data.info())
+    stored, data = poison_and_data(poison, data, TaskonomyDataModule)
     root, out = data.root.resolve(), output.resolve()
     if out == root or root in out.parents or out in root.parents:
         raise UnlearnError(f"output '{output}' overlaps the clean root '{data.root}'")
