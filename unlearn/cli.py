@@ -142,20 +142,24 @@ def main(args: Sequence[str] | None = None) -> None:
         sys.exit(f"unlearn {argv[0]}: error: {err}")
 
 
-def run_lightning(args: Sequence[str], run: bool = True) -> UnlearnCLI:
+def run_lightning(
+    args: Sequence[str], run: bool = True, cli_class: type[UnlearnCLI] = UnlearnCLI
+) -> UnlearnCLI:
     """Run a LightningCLI subcommand (``fit``, ``validate``, ``test``, ``predict``).
 
     Args:
         args: The command line after ``python -m unlearn``, e.g. ``["fit", "--config", ...]``.
         run: ``False`` only builds the trainer, model and data module from ``args`` (no
             subcommand then), for scripts that drive the trainer themselves.
+        cli_class: a subclass of :class:`UnlearnCLI` to build instead (the benchmark's
+            config check stops one after it has built its parser).
     """
     _import_task_modules()
     with warnings.catch_warnings():
         # We always pass the arguments explicitly (``main`` strips the subcommand dispatch), so
         # LightningCLI's warning about ``args`` next to ``sys.argv`` is noise for every run.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        return UnlearnCLI(
+        return cli_class(
             model_class=BaseTask,
             datamodule_class=BaseDataModule,
             subclass_mode_model=True,

@@ -1,17 +1,34 @@
-"""``python -m unlearn benchmark``: run a grid, resume it, or write its report."""
+"""``python -m unlearn benchmark``: run, resume, dry-run or report a grid, or one cell of it.
+
+A run of the whole grid, a SLURM array task (``--run_cell N``, ``--run_poison N``), the SLURM
+script (``--dry_run``) and the report (``--report_only``) all start here.
+
+Exit codes: 0 when every cell ran or had finished earlier; 1 when a cell (or the one poison
+or cell asked for) failed, after the others ran; 2 when another runner holds the output
+directory, the cell or the poison; 130/143/129 after Ctrl-C, SIGTERM or SIGHUP (rerun the
+same command to resume).
+"""
 
 from __future__ import annotations
 
+import signal
+import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
 
-from unlearn.benchmark.grid import BenchmarkSpec, Layout
+from unlearn.benchmark.check import GridCheck
+from unlearn.benchmark.grid import BenchmarkSpec, Layout, SlurmSpec
+from unlearn.benchmark.lock import LockHeld
 from unlearn.benchmark.report import write_report
-from unlearn.benchmark.runner import Runner
+from unlearn.benchmark.runner import FAILED, Runner
 from unlearn.benchmark.slurm import write_dry_run
+from unlearn.errors import UnlearnError
+
+#: exit code when another runner holds the lock
+EXIT_LOCKED = 2
 
 
 def build_parser() -> ArgumentParser:
@@ -28,12 +45,20 @@ def build_parser() -> ArgumentParser:
         help="where cells, poisons and the report go (default runs/benchmark/<name>)",
     )  # fmt: skip
     parser.add_argument(
-        "--dry_run", type=bool, default=False,
-        help="only write the cells' commands and a SLURM job-array script",
+        "--dry_run", action=ActionYesNo, nargs="?", default=False,
+        help="only check the configs and write the cells' commands and a SLURM script",
     )  # fmt: skip
     parser.add_argument(
-        "--report_only", type=bool, default=False,
+        "--report_only", action=ActionYesNo, nargs="?", default=False,
         help="only collect the finished cells into results.csv and report.md",
+    )  # fmt: skip
+    parser.add_argument(
+        "--run_cell", type=int | None, default=None,
+        help="run only cell N (1-based, the order of fit_commands.txt): a SLURM array task",
+    )  # fmt: skip
+    parser.add_argument(
+        "--run_poison", type=int | None, default=None,
+        help="generate only poison N (1-based, poison_commands.txt): a SLURM array task",
     )  # fmt: skip
     parser.add_argument(
         "--cell_timeout", type=float | None, default=None,
@@ -42,26 +67,68 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def spec_from(cfg: Namespace) -> BenchmarkSpec:
+    """The :class:`BenchmarkSpec` of a parsed command line."""
+    values = {f.name: cfg[f.name] for f in fields(BenchmarkSpec)}
+    slurm = values["slurm"]
+    values["slurm"] = SlurmSpec(**slurm.as_dict()) if slurm is not None else SlurmSpec()
+    return BenchmarkSpec(**values)
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m unlearn benchmark``."""
-    parser = build_parser()
-    cfg = parser.parse_args(list(args) if args is not None else None)
-    spec = BenchmarkSpec(**{f.name: cfg[f.name] for f in fields(BenchmarkSpec)})
+    cfg = build_parser().parse_args(list(args) if args is not None else None)
+    modes = [m for m in ("dry_run", "report_only", "run_cell", "run_poison") if cfg[m]]
+    if len(modes) > 1:
+        raise UnlearnError(f"benchmark: choose one of --{' / --'.join(modes)}")
+    spec = spec_from(cfg)
     spec.check()
     root = Path(cfg.output_dir or Path("runs") / "benchmark" / spec.name)
     layout = Layout(root, spec)
-    config_name = str(cfg.config[0]) if cfg.get("config") else "<benchmark.yaml>"
+    try:
+        _run(cfg, layout)
+    except LockHeld as err:
+        print(f"unlearn benchmark: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_LOCKED)
+    except KeyboardInterrupt:
+        print("unlearn benchmark: interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit as stop:
+        if stop.code in (128 + signal.SIGTERM, 128 + signal.SIGHUP):  # from exit_on_signals
+            print(
+                f"unlearn benchmark: stopped by {signal.Signals(stop.code - 128).name}; "
+                f"rerun the same command to resume",
+                file=sys.stderr,
+            )
+        raise
+
+
+def _run(cfg: Namespace, layout: Layout) -> None:
     if cfg.dry_run:
-        files = write_dry_run(Layout(root, spec, python="python"), config_name)
+        files = write_dry_run(layout, GridCheck(layout), cfg.cell_timeout)
         print("wrote " + ", ".join(str(f) for f in files))
         return
+    runner = Runner(layout, timeout=cfg.cell_timeout)
+    if cfg.run_cell is not None or cfg.run_poison is not None:
+        if cfg.run_cell is not None:
+            outcome = runner.run_cell(cfg.run_cell)
+        else:
+            outcome = runner.run_poison(cfg.run_poison)
+        if outcome == FAILED:
+            sys.exit(1)
+        return
+    failed = 0
     if not cfg.report_only:
-        cells = layout.cells()
-        print(f"benchmark '{spec.name}': {len(cells)} cells in {root}")
-        counts = Runner(layout, timeout=cfg.cell_timeout).run()
-        print(
-            f"cells: {counts['done']} finished earlier, {counts['ran']} ran, "
-            f"{counts['failed']} failed"
-        )
+        print(f"benchmark '{layout.spec.name}': {len(layout.cells())} cells in {layout.root}")
+        counts = runner.run()
+        failed = counts[FAILED]
+        print(f"cells: {counts['done']} finished earlier, {counts['ran']} ran, {failed} failed")
     report = write_report(layout)
     print(f"report: {report}")
+    if failed:
+        print(
+            f"unlearn benchmark: {failed} cell(s) failed; see error.json in their directories "
+            f"(and the report's failed cells); rerun to retry them",
+            file=sys.stderr,
+        )
+        sys.exit(1)

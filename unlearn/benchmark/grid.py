@@ -18,6 +18,29 @@ NO_DEFENSE = "none"
 
 
 @dataclass
+class SlurmSpec:
+    """What the SLURM script (``--dry_run``) requests; ``None`` fields are derived or left out.
+
+    Args:
+        partition: ``--partition`` of every task (``None``: the cluster's default).
+        gpus: GPUs per node of each cell's task (``0``: a CPU cluster). ``None``: the cell's
+            ``trainer.devices`` unless its ``trainer.accelerator`` is ``cpu`` (``auto`` is
+            taken as GPU). A poison task gets one GPU unless its ``device`` is ``cpu`` or
+            ``gpus`` is 0.
+        cpus_per_task: ``--cpus-per-task`` of every task (``None``: the task's data loader
+            workers + 1).
+        time: ``--time`` of every task, e.g. ``"24:00:00"`` (``None``: the partition's limit).
+        extra: more ``#SBATCH`` lines, e.g. ``["--account=lab", "--qos=long"]``.
+    """
+
+    partition: str | None = None
+    gpus: int | None = None
+    cpus_per_task: int | None = None
+    time: str | None = None
+    extra: list[str] = field(default_factory=list)
+
+
+@dataclass
 class BenchmarkSpec:
     """What a benchmark runs: every combination of data x model x method x defense x seed.
 
@@ -34,6 +57,7 @@ class BenchmarkSpec:
         callbacks: callback presets added to every fit with ``--config`` (SAL by default).
         fit_args: extra arguments of every ``fit`` command (e.g. ``--trainer.max_epochs=5``).
         poison_args: extra arguments of every ``poison`` command.
+        slurm: what the SLURM script of ``--dry_run`` requests (see :class:`SlurmSpec`).
     """
 
     name: str = "benchmark"
@@ -46,6 +70,7 @@ class BenchmarkSpec:
     callbacks: list[str] = field(default_factory=lambda: ["callbacks/sal.yaml"])
     fit_args: list[str] = field(default_factory=list)
     poison_args: list[str] = field(default_factory=list)
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
 
     def check(self) -> None:
         """Refuse an empty or inconsistent grid with a message naming the field."""
@@ -65,6 +90,13 @@ class BenchmarkSpec:
         for path in self.callbacks:
             if not Path(path).is_file():
                 raise UnlearnError(f"benchmark: callbacks: file '{path}' not found")
+        slurm = self.slurm
+        if slurm.gpus is not None and slurm.gpus < 0:
+            raise UnlearnError(f"benchmark: slurm.gpus must be >= 0; found {slurm.gpus}")
+        if slurm.cpus_per_task is not None and slurm.cpus_per_task < 1:
+            raise UnlearnError(
+                f"benchmark: slurm.cpus_per_task must be >= 1; found {slurm.cpus_per_task}"
+            )
 
 
 @dataclass(frozen=True, order=True)
@@ -100,9 +132,11 @@ class Cell:
 class Layout:
     """Where a benchmark keeps its files under ``root``.
 
-    ``poisons/<data>__<method>__<hash>/`` (shared by every cell that uses that poison),
-    ``cells/<cell id>/run/`` (the fit's log directory: ``metrics.json``, ``sal.csv``,
-    TensorBoard events), ``cells/<cell id>/fit.log``, ``cells/<cell id>/error.json``.
+    ``poisons/<data>__<method>__<hash>/`` (shared by every cell that uses that poison) with
+    its ``.log``, ``.seconds.json`` and ``.lock`` beside it, ``cells/<cell id>/run/`` (the
+    fit's log directory: ``metrics.json``, ``sal.csv``, TensorBoard events, checkpoints),
+    ``cells/<cell id>/fit.log``, ``cells/<cell id>/error.json``, ``cells/<cell id>/cell.lock``,
+    and ``benchmark.lock`` (held by the runner that works on the grid).
     """
 
     def __init__(self, root: Path, spec: BenchmarkSpec, python: str = sys.executable) -> None:
@@ -124,6 +158,26 @@ class Layout:
         ]
         return sorted(cells, key=lambda c: (c.data, c.model, c.defense, c.seed, order[c.method]))
 
+    def poisons(self) -> list[Cell]:
+        """One cell per distinct poison (the first that uses it), in the order of :meth:`cells`.
+
+        ``--run_poison N`` generates the poison of the N-th (1-based).
+        """
+        seen: dict[tuple[str, str], Cell] = {}
+        for cell in self.cells():
+            if cell.method != CLEAN:
+                seen.setdefault((cell.data, cell.method), cell)
+        return list(seen.values())
+
+    def poison_number(self, cell: Cell) -> int:
+        """The 1-based number of the poison of a poisoned cell in :meth:`poisons`."""
+        keys = [(c.data, c.method) for c in self.poisons()]
+        return keys.index((cell.data, cell.method)) + 1
+
+    def lock_file(self) -> Path:
+        """Held exclusively by a runner of the whole grid, shared by array tasks."""
+        return self.root / "benchmark.lock"
+
     def cell_dir(self, cell: Cell) -> Path:
         """The cell's directory."""
         return self.root / "cells" / cell.id
@@ -143,6 +197,26 @@ class Layout:
     def error_file(self, cell: Cell) -> Path:
         """Written when the cell failed."""
         return self.cell_dir(cell) / "error.json"
+
+    def fit_log(self, cell: Cell) -> Path:
+        """The output of the cell's fit runs (appended, one ``$ command`` line per run)."""
+        return self.cell_dir(cell) / "fit.log"
+
+    def cell_lock(self, cell: Cell) -> Path:
+        """Held by the array task that runs the cell."""
+        return self.cell_dir(cell) / "cell.lock"
+
+    def poison_log(self, poison: Path) -> Path:
+        """The output of the poison's runs."""
+        return poison.parent / f"{poison.name}.log"
+
+    def poison_timing(self, poison: Path) -> Path:
+        """Seconds the poison took, written when it was generated."""
+        return poison.parent / f"{poison.name}.seconds.json"
+
+    def poison_lock(self, poison: Path) -> Path:
+        """Held by the array task that generates the poison."""
+        return poison.parent / f"{poison.name}.lock"
 
     def poison_config(self, cell: Cell) -> Path:
         """The poison config of the cell's data and method."""
@@ -177,9 +251,10 @@ class Layout:
     def fit_command(self, cell: Cell) -> list[str]:
         """``python -m unlearn fit ...`` that trains, tests and measures SAL for the cell."""
         spec = self.spec
+        # the logger's save_dir is linked to --trainer.default_root_dir by the CLI
         logger = {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-            "init_args": {"save_dir": str(self.cell_dir(cell)), "name": "", "version": "run"},
+            "init_args": {"name": "", "version": "run"},
         }
         command = [self.python, "-m", "unlearn", "fit", "--config", spec.train_configs[cell.data]]
         for preset in spec.callbacks:
