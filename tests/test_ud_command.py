@@ -12,7 +12,7 @@ from conftest import run_cli
 
 from unlearn.errors import UnlearnError
 from unlearn.sharpness import SAL_COLUMNS
-from unlearn.ud_command import main
+from unlearn.ud_command import main, run
 
 CLEAN = [[0.0, 0.0, 1.0, 1.0], [0.0, 0.2, 1.0, 1.2]]  # beta = mean(0.5, 0.6) = 0.55
 EM = [[0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.6, 0.0]]  # #LP 1 against the clean 2: UD 0.5
@@ -101,15 +101,34 @@ def test_errors_are_clear(tmp_path: Path, case: str, message: str) -> None:
         args += [str(write_sal(tmp_path / "em.csv", EM)), "--checkpoints", "5"]
     else:
         args.append(str(tmp_path / "nope.csv"))
-    with pytest.raises(UnlearnError, match=re.escape(message)):
+    assert_refused(args, message)
+
+
+def assert_refused(args: list[str], message: str) -> None:
+    """``main(args)`` exits 2 with one error line on stderr that contains ``message``."""
+    from contextlib import redirect_stderr
+    from io import StringIO
+
+    err = StringIO()
+    with redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
         main(args)
+    assert exit_info.value.code == 2
+    errors = [line for line in err.getvalue().splitlines() if "unlearn ud: error" in line]
+    assert len(errors) == 1 and errors[0].startswith("unlearn ud: error: ")
+    assert message in errors[0]
+
+
+def test_library_errors_are_unlearn_errors(tmp_path: Path) -> None:
+    clean = write_sal(tmp_path / "clean.csv", CLEAN)
+    with pytest.raises(UnlearnError, match=re.escape("nope.csv: no such SAL table")):
+        run(str(clean), [str(tmp_path / "nope.csv")])
 
 
 def test_command_line_error_has_no_traceback(tmp_path: Path) -> None:
     clean = write_sal(tmp_path / "clean.csv", CLEAN)
     bad = write_sal(tmp_path / "bad.csv", EM, drop="s_min")
     result = run_cli("ud", "--clean", str(clean), "--poisoned", str(bad))
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "bad.csv: missing column(s) ['s_min']" in result.stderr
 
@@ -158,8 +177,7 @@ def test_multitask_different_task_sets_are_refused(tmp_path: Path) -> None:
     clean = write_multitask(tmp_path / "clean.csv", {"class_scene": CLEAN, "normal": CLEAN})
     em = write_multitask(tmp_path / "em.csv", {"class_scene": EM, "depth_euclidean": CLEAN})
     message = f"different task sets: only in {clean}: ['normal']; only in {em}: ['depth_euclidean']"
-    with pytest.raises(UnlearnError, match=re.escape(message)):
-        main(["--clean", str(clean), "--poisoned", str(em)])
+    assert_refused(["--clean", str(clean), "--poisoned", str(em)], message)
     single = tmp_path / "single.csv"  # no task column
     rows = list(csv.DictReader(write_sal(single, EM).open(newline="")))
     with single.open("w", newline="") as f:
@@ -170,5 +188,4 @@ def test_multitask_different_task_sets_are_refused(tmp_path: Path) -> None:
         f"{clean} is a multi-task run's SAL table (tasks ['class_scene', 'normal']), {single} "
         "a single-task run's"
     )
-    with pytest.raises(UnlearnError, match=re.escape(message)):
-        main(["--clean", str(clean), "--poisoned", str(single)])
+    assert_refused(["--clean", str(clean), "--poisoned", str(single)], message)

@@ -12,20 +12,44 @@ of objects (keys ``poisoned``, ``beta``, ``lp_clean``, ``lp_poisoned``, ``ud``,
 Multi-task runs: where the clean and the poisoned files both have a ``task`` column, each
 task is scored against the same task of the clean run (its own beta), one row per poisoned
 file and task, with the key ``task``; the two files must hold the same tasks.
+
+Settings: where a file has a ``sal.json`` beside it (written by the SAL callback), the clean
+and every poisoned run must record the same SAL settings
+(:data:`unlearn.sharpness.sidecar.COMPARED`), else the command refuses; a file without one is
+used with a warning that its settings cannot be checked.
+
+Diverged runs: a poisoned file with a ``nan`` or ``inf`` SAL gets no UD. Its row says
+``diverged`` in the UD columns (in ``--json``: no UD keys, and ``diverged`` with the epoch,
+step and layers), a warning line names the file, the epoch and the layers, and the command
+exits 1 after printing every row. A clean file with a non-finite value is refused.
+
+Exit codes: 0 all rows scored; 1 some poisoned run diverged (the table is complete);
+2 refused input (a one-line message naming the file: unreadable or non-finite clean file,
+different layers, tasks or settings, too few checkpoints).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from unlearn.errors import UnlearnError
 from unlearn.io import write_text_atomic
-from unlearn.sharpness.ud import SalTable, SalTableError, sal_tasks, ud
+from unlearn.sharpness.sidecar import read_sidecar, require_same_settings, unchecked_note
+from unlearn.sharpness.ud import SalDivergedError, SalTable, SalTableError, sal_tasks, ud
+
+#: Exit code where a poisoned run diverged (every row is still printed).
+EXIT_DIVERGED = 1
+#: Exit code of refused input.
+EXIT_USAGE = 2
+#: The key of a diverged run's row (the place of its UD values).
+DIVERGED = "diverged"
 
 
 def build_parser() -> ArgumentParser:
@@ -51,8 +75,12 @@ def _fmt(value: float) -> str:
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as a fixed-width text table (one line per poisoned run, or run and task)."""
-    variants = [k[3:] for k in rows[0] if k.startswith("ud_") and k != "ud_weighted"]
+    """The rows as a fixed-width text table (one line per poisoned run, or run and task).
+
+    A diverged run's row shows ``-`` for the clean run's figures and ``diverged`` for its own.
+    """
+    keys = dict.fromkeys(k for row in rows for k in row)
+    variants = [k[3:] for k in keys if k.startswith("ud_") and k != "ud_weighted"]
     tasks = any("task" in row for row in rows)
     header = ["poisoned", *(["task"] if tasks else []), "T", "beta", "#LP clean"]
     header += ["#LP poisoned", "UD", "UD weighted", *(f"UD {v}" for v in variants)]
@@ -60,8 +88,11 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     for row in rows:
         line = [str(row["poisoned"]), *([str(row.get("task", ""))] if tasks else [])]
         line.append(str(row["checkpoints"]))
-        line += [_fmt(row[k]) for k in ("beta", "lp_clean", "lp_poisoned", "ud", "ud_weighted")]
-        line += [_fmt(row[f"ud_{v}"]) for v in variants]
+        if DIVERGED in row:
+            line += ["-", "-"] + [DIVERGED] * (3 + len(variants))
+        else:
+            line += [_fmt(row[k]) for k in ("beta", "lp_clean", "lp_poisoned", "ud", "ud_weighted")]
+            line += [_fmt(row.get(f"ud_{v}", math.nan)) for v in variants]
         lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
@@ -78,14 +109,60 @@ def _write_json(path: Path, rows: list[dict[str, Any]]) -> None:
     write_text_atomic(path, json.dumps(clean, indent=2) + "\n")
 
 
-def run(clean: str, poisoned: Sequence[str], checkpoints: int | None = None) -> list[dict]:
+def _warn(message: str) -> None:
+    print(f"unlearn ud: warning: {message}", file=sys.stderr)
+
+
+def check_settings(
+    clean: str, poisoned: Sequence[str], warn: Callable[[str], None] = _warn
+) -> None:
+    """Refuse poisoned runs measured with other SAL settings than the clean run.
+
+    Compares the ``sal.json`` beside each file; ``warn`` is told about each file without one.
+
+    Raises:
+        SalSettingsError: Naming both sidecars and every differing field.
+    """
+    reference = read_sidecar(clean)
+    if reference is None:
+        warn(unchecked_note(clean, "the poisoned runs"))
+    for path in poisoned:
+        settings = read_sidecar(path)
+        if settings is None:
+            warn(unchecked_note(path, clean))
+        elif reference is not None:
+            require_same_settings(settings, path, reference, clean)
+
+
+def _diverged_row(err: SalDivergedError, clean: str, checkpoints: int) -> dict[str, Any]:
+    """The row of a poisoned run (or task) that diverged: no UD, where it diverged."""
+    found = err.divergence
+    row: dict[str, Any] = {"poisoned": found.source, "clean": clean}
+    if found.task is not None:
+        row["task"] = found.task
+    row["checkpoints"] = checkpoints
+    row[DIVERGED] = {"epoch": found.epoch, "step": found.step, "layers": found.layers}
+    row["message"] = str(err)
+    return row
+
+
+def run(
+    clean: str,
+    poisoned: Sequence[str],
+    checkpoints: int | None = None,
+    warn: Callable[[str], None] = _warn,
+) -> list[dict]:
     """UD rows of each poisoned run against the clean run (see :func:`unlearn.sharpness.ud.ud`).
 
     Where both files are multi-task runs' (a ``task`` column), one row per poisoned run and
-    task, each task against the clean run's same task.
+    task, each task against the clean run's same task. The settings are checked once every
+    table has been read (:func:`check_settings`). A poisoned run (or task) that diverged gets
+    a row with the key :data:`DIVERGED` (epoch, step, layers) and ``message`` instead of UD
+    values.
 
     Raises:
-        SalTableError: Also where two multi-task files hold different tasks.
+        SalTableError: Also where two multi-task files hold different tasks, the settings
+            differ, or the clean file has a non-finite value.
     """
     clean_tasks = sal_tasks(clean)
     rows = []
@@ -98,24 +175,44 @@ def run(clean: str, poisoned: Sequence[str], checkpoints: int | None = None) -> 
                         f"{multi} is a multi-task run's SAL table (tasks {found}), {other} a "
                         "single-task run's: compare multi-task runs with multi-task runs"
                     )
-            rows.append(ud(SalTable.read(clean), SalTable.read(path), t=checkpoints))
-            continue
-        if set(tasks) != set(clean_tasks):
-            raise SalTableError(
-                f"different task sets: only in {clean}: "
-                f"{[t for t in clean_tasks if t not in tasks]}; only in {path}: "
-                f"{[t for t in tasks if t not in clean_tasks]}"
-            )
-        references, tables = SalTable.read_tasks(clean), SalTable.read_tasks(path)
-        rows += [ud(references[t], tables[t], t=checkpoints) for t in clean_tasks]
+            pairs = [(SalTable.read(clean), SalTable.read(path))]
+        else:
+            if set(tasks) != set(clean_tasks):
+                raise SalTableError(
+                    f"different task sets: only in {clean}: "
+                    f"{[t for t in clean_tasks if t not in tasks]}; only in {path}: "
+                    f"{[t for t in tasks if t not in clean_tasks]}"
+                )
+            references, tables = SalTable.read_tasks(clean), SalTable.read_tasks(path)
+            pairs = [(references[t], tables[t]) for t in clean_tasks]
+        for reference, table in pairs:
+            try:
+                rows.append(ud(reference, table, t=checkpoints))
+            except SalDivergedError as err:
+                used = checkpoints if checkpoints is not None else len(table.checkpoints)
+                rows.append(_diverged_row(err, clean, used))
+    check_settings(clean, poisoned, warn)  # every file is readable by now
     return rows
 
 
 def main(args: Sequence[str] | None = None) -> list[dict]:
-    """Entry point of ``python -m unlearn ud`` (``args`` without the subcommand name)."""
+    """Entry point of ``python -m unlearn ud`` (``args`` without the subcommand name).
+
+    Exits with :data:`EXIT_USAGE` on refused input (one line on stderr) and with
+    :data:`EXIT_DIVERGED` after the table where a poisoned run diverged.
+    """
     cfg = build_parser().parse_args(list(args) if args is not None else None)
-    rows = run(cfg.clean, cfg.poisoned, cfg.checkpoints)
+    try:
+        rows = run(cfg.clean, cfg.poisoned, cfg.checkpoints)
+    except UnlearnError as err:
+        print(f"unlearn ud: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     print(format_table(rows))
     if cfg.json is not None:
         _write_json(Path(cfg.json), rows)
+    diverged = [row for row in rows if DIVERGED in row]
+    for row in diverged:
+        _warn(row["message"])
+    if diverged:
+        sys.exit(EXIT_DIVERGED)
     return rows

@@ -19,12 +19,14 @@ from unlearn.benchmark.grid import CLEAN, Cell, Layout
 from unlearn.benchmark.runner import load_json
 from unlearn.errors import UnlearnError
 from unlearn.io import write_text_atomic
-from unlearn.sharpness.ud import SalTable, ud
+from unlearn.sharpness.ud import SalDivergedError, SalTable, ud
 
 #: UD threshold variants, as ``(column suffix, label)``; "" is the 2-means beta
 THRESHOLDS = (("", "2-means"), ("_3means", "3-means"), ("_p50", "p50"), ("_p75", "p75"),
               ("_p90", "p90"))  # fmt: skip
 KEY_COLUMNS = ["data", "model", "method", "defense", "seed"]
+#: The ``ud`` of a cell whose SAL is nan/inf (a diverged training)
+DIVERGED = "diverged"
 RESULT_COLUMNS = [
     *KEY_COLUMNS,
     "status",
@@ -87,6 +89,9 @@ def collect(layout: Layout) -> list[dict[str, Any]]:
         if clean is not None and mine is not None:
             try:
                 measured = ud(clean, mine)
+            except SalDivergedError as err:  # its SAL is nan/inf: never a UD value
+                row["ud"] = DIVERGED
+                row["error"] = f"ud: {err}"
             except UnlearnError as err:
                 row["error"] = f"ud: {err}"
             else:
@@ -198,6 +203,8 @@ def markdown_report(
                 group = groups.get((data, model, method, defense), [])
                 acc = mean_std(_numbers(group, "test_acc"), scale=100, digits=1)
                 ud_text = mean_std(_numbers(group, "ud"))
+                diverged = sum(row["ud"] == DIVERGED for row in group)
+                ud_text += f" ({diverged} diverged)" if diverged else ""
                 cells.append(f"{acc} \\| {ud_text}")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     rho, p, n = ud_accuracy_spearman(rows)
@@ -219,6 +226,12 @@ def markdown_report(
             continue
         values = [mean_std(_numbers(group, f"ud{suffix}")) for suffix, _ in THRESHOLDS]
         lines.append(f"| {data} | {model} | {method} | {defense} | " + " | ".join(values) + " |")
+    diverged = [row for row in rows if row["ud"] == DIVERGED]
+    if diverged:
+        lines += ["", "## Diverged runs (SAL nan/inf: no UD)", ""]
+        for row in diverged:
+            cell_id = "__".join(str(row[k]) for k in KEY_COLUMNS)
+            lines.append(f"- `{cell_id}`: {row['error']}")
     failed = [row for row in rows if row["status"] == "failed"]
     if failed:
         lines += ["", "## Failed cells", ""]
@@ -291,7 +304,10 @@ def make_figures(
             continue
         poisoned = SalTable.read(layout.sal_file(cell))
         steps = min(len(clean.checkpoints), len(poisoned.checkpoints))
-        curve = [ud(clean, poisoned, t)["ud"] for t in range(1, steps + 1)]
+        try:
+            curve = [ud(clean, poisoned, t)["ud"] for t in range(1, steps + 1)]
+        except UnlearnError:  # a diverged run (or reference) has no curve; the table says why
+            continue
         ax.plot(range(1, steps + 1), curve, marker="o", ms=3, label=method)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("checkpoint")
@@ -307,12 +323,14 @@ def make_figures(
         cell = Cell(clean_cell.data, clean_cell.model, clean_cell.defense, clean_cell.seed, method)
         if layout.sal_file(cell).is_file():
             panels.append((method, SalTable.read(layout.sal_file(cell))))
-    vmax = max(float(np.abs(t.aligned(clean.layers)).max()) for _, t in panels) or 1.0
+    values = np.concatenate([t.aligned(clean.layers).ravel() for _, t in panels])
+    values = np.abs(values[np.isfinite(values)])  # a diverged run's nan/inf is left blank
+    vmax = (float(values.max()) if values.size else 0.0) or 1.0
     fig = Figure(figsize=(1.6 * len(panels) + 1.2, 3.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (method, table) in zip(axes[0], panels, strict=True):
-        image = ax.imshow(table.aligned(clean.layers).T, aspect="auto", cmap="magma", vmin=0,
-                          vmax=vmax)  # fmt: skip
+        image = ax.imshow(np.ma.masked_invalid(table.aligned(clean.layers).T), aspect="auto",
+                          cmap="magma", vmin=0, vmax=vmax)  # fmt: skip
         ax.set_title(method, fontsize=9)
         ax.set_xlabel("checkpoint")
         ax.set_yticks([])

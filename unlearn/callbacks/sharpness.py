@@ -8,7 +8,8 @@ set fixed for the run, then
 
 - appends the rows to ``sal.csv`` in the run's log directory (the whole file is rewritten
   atomically from the callback's history, which is also in its ``state_dict``, so a run
-  resumed from a checkpoint continues the file without duplicates or gaps);
+  resumed from a checkpoint continues the file without duplicates or gaps), and records the
+  settings beside it in ``sal.json`` (:mod:`unlearn.sharpness.sidecar`);
 - logs ``sal/<layer>``, ``sal/mean``, ``lp/count`` and, with a ``reference``, ``ud`` and
   ``lp/ratio`` to every logger, and to TensorBoard a layers x checkpoints heatmap
   (``sal/heatmap``) and a histogram (``sal/histogram``).
@@ -32,24 +33,37 @@ logs and writes. The computation uses
 the model, its gradients and the random streams as they were, and so does not change the
 training.
 
+A ``reference`` measured with other settings (its ``sal.json``) is refused before training;
+one without a ``sal.json`` is taken with a warning. A SAL that is ``nan`` or ``inf`` (the
+training diverged) is written as such, warned about, and neither crashes nor stops the fit;
+no count, UD or ratio is logged for it, and no non-finite value is ever logged.
+
 The work is :class:`~unlearn.sharpness.monitor.SalMonitor`'s; this callback only turns the
 trainer's hooks into its calls and hands the results to the loggers.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import Dataset
 
+from unlearn.errors import UnlearnError
 from unlearn.sharpness.checkpoint_metrics import CheckpointReport
-from unlearn.sharpness.monitor import ProbeSettings, SalMonitor
+from unlearn.sharpness.monitor import ProbeSettings, SalMonitor, SalWarning
 from unlearn.sharpness.plots import sal_heatmap, task_similarity_figure
 from unlearn.sharpness.sal import SALSettings
 from unlearn.sharpness.sal_csv import write_sal_csv
+from unlearn.sharpness.sidecar import require_same_settings, unchecked_note, write_sidecar
+
+
+class SharpnessCallbackError(UnlearnError, ValueError):
+    """A setting of the callback that cannot work with this model or reference."""
 
 
 class SharpnessCallback(Callback):
@@ -81,7 +95,9 @@ class SharpnessCallback(Callback):
             expression on module names, or a list of module names. In a multi-task run the
             names are those of each task's view (``encoder.*``, ``head.*``).
         reference: A clean run's ``sal.csv``; enables the ``ud`` and ``lp/ratio`` curves.
-            A multi-task run needs a multi-task clean run's file (same tasks and layers).
+            A multi-task run needs a multi-task clean run's file (same tasks and layers). It
+            must be finite and, where it has a ``sal.json``, measured with the same settings
+            (:data:`~unlearn.sharpness.sidecar.COMPARED`); without one, a warning.
         first_order: Also compute the first-order estimate and log its rank agreement with
             the exact SAL (``sal/first_order_rho``, per task ``sal/<task>/first_order_rho``);
             it never replaces the exact values.
@@ -89,7 +105,8 @@ class SharpnessCallback(Callback):
         pair_directions: Run each layer's descent and ascent together (vectorised); same
             values, faster only where one probe batch does not fill the device.
         seed: Seed of the probe subset.
-        filename: Name of the SAL table in the log directory.
+        filename: Name of the SAL table in the log directory (the settings go beside it,
+            under the same name with ``.json``).
         dirpath: Directory of the SAL table; default: the trainer's ``log_dir``.
         input_key: Key of the inputs in the probe items (single-task runs; a multi-task
             run's views take ``rgb``).
@@ -157,16 +174,37 @@ class SharpnessCallback(Callback):
         """Restore the history of a resumed run."""
         self.monitor.load_state_dict(state_dict)
 
+    def settings_record(self) -> dict[str, Any]:
+        """What ``sal.json`` records: the measurement's settings and ``every_n_epochs``."""
+        return {**self.monitor.settings_record(), "every_n_epochs": self.every_n_epochs}
+
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Check the layers against the reference; rewrite ``sal.csv`` of a resumed run."""
+        """Check the layers and settings against the reference; rewrite a resumed run's table.
+
+        Raises:
+            SharpnessCallbackError: A reference that is unreadable or not finite, has other
+                layers or tasks, or records other settings in its ``sal.json``.
+            SalTableNotFoundError: No reference file.
+        """
         try:
-            self.monitor.check(pl_module)
+            reference = self.monitor.reference  # read here: a bad file is one line, not a
+            self.monitor.check(pl_module)  # traceback of the config parser
+            if reference is not None and reference.settings is not None:
+                require_same_settings(
+                    self.settings_record(), None, reference.settings, reference.source
+                )
         except ValueError as err:
-            raise ValueError(f"SharpnessCallback: {err}") from None
+            raise SharpnessCallbackError(f"SharpnessCallback: {err}") from None
+        if reference is not None and reference.settings is None and trainer.is_global_zero:
+            warnings.warn(
+                f"SharpnessCallback: the reference {unchecked_note(reference.source, 'this run')}",
+                SalWarning,
+                stacklevel=2,
+            )
         path = self._path(trainer)  # on every rank: trainer.log_dir is a collective call
         if self.monitor.rows and trainer.is_global_zero:
-            write_sal_csv(path, self.monitor.rows)
+            self._write(path)
 
     def on_train_batch_end(
         self,
@@ -208,12 +246,17 @@ class SharpnessCallback(Callback):
         )
         path = self._path(trainer)  # on every rank: trainer.log_dir is a collective call
         if trainer.is_global_zero:
-            write_sal_csv(path, self.monitor.rows)
+            self._write(path)
             self._log(trainer, self.monitor.report(pl_module, rows, pl_module.device), step)
 
     def _path(self, trainer: Trainer) -> Path:
         directory = self.dirpath or Path(trainer.log_dir or trainer.default_root_dir)
         return directory / self.filename
+
+    def _write(self, path: Path) -> None:
+        """``sal.csv`` from the history, then its ``sal.json`` (each atomically)."""
+        write_sal_csv(path, self.monitor.rows)
+        write_sidecar(path, self.settings_record(), self.monitor.rows)
 
     @staticmethod
     def _log(trainer: Trainer, report: CheckpointReport, step: int) -> None:
@@ -225,9 +268,9 @@ class SharpnessCallback(Callback):
                 prefix = "sal" if task is None else f"sal/{task}"
                 figure = sal_heatmap(table, task)
                 logger.experiment.add_figure(f"{prefix}/heatmap", figure, global_step=step)
-                logger.experiment.add_histogram(
-                    f"{prefix}/histogram", table.sal[-1], global_step=step
-                )
+                values = table.sal[-1][np.isfinite(table.sal[-1])]  # never nan/inf
+                if values.size:
+                    logger.experiment.add_histogram(f"{prefix}/histogram", values, global_step=step)
             if report.similarity is not None:
                 figure = task_similarity_figure(*report.similarity)
                 logger.experiment.add_figure("sal/task_similarity", figure, global_step=step)

@@ -9,8 +9,8 @@
 - during training: :class:`SalMonitor` (``monitor.py``), the work behind
   :class:`~unlearn.callbacks.SharpnessCallback`: the probe set, the clean reference
   (``reference.py``), the split across processes (``shard.py``), ``sal.csv``
-  (``sal_csv.py``), a checkpoint's metrics (``checkpoint_metrics.py``) and figures
-  (``plots.py``).
+  (``sal_csv.py``) and its settings in ``sal.json`` (``sidecar.py``), a checkpoint's
+  metrics (``checkpoint_metrics.py``) and figures (``plots.py``).
 """
 
 from unlearn.sharpness.first_order import first_order_sal, spearman

@@ -11,10 +11,18 @@ The trained module is read by duck typing: one with ``sal_views()``
 the probe set's ``rgb`` with the task's packed targets; any other is measured through its
 ``model`` attribute with cross-entropy and top-1 accuracy on ``(item[input_key],
 item[target_key])`` pairs. The model itself is used, never a DDP wrapper, and left as found.
+
+A checkpoint whose SAL is ``nan`` or ``inf`` (a diverged training) is kept as such in the
+history (so in ``sal.csv``); :meth:`SalMonitor.report` then warns (:class:`SalWarning`, once
+per such checkpoint, naming the epoch and the layers) and gives no count or UD for it. It
+never raises for it and never stops anything: whether the training goes on is the trainer's
+settings' business. Other metrics left out (a non-finite ``ud`` or ``lp/ratio``) are said
+once per run and key.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
-from unlearn.sharpness.checkpoint_metrics import CheckpointReport, checkpoint_report
+from unlearn.sharpness.checkpoint_metrics import CheckpointReport, checkpoint_report, metric_key
 from unlearn.sharpness.first_order import first_order_sal
 from unlearn.sharpness.multitask import HasSALViews
 from unlearn.sharpness.reference import SalReference
@@ -43,6 +51,10 @@ from unlearn.sharpness.ud import TASK_COLUMN, SalTable
 #: The probe pairs ``(inputs [B, ...], targets [B, ...])`` of each task (``None``: the single
 #: task), on the CPU.
 ProbePairs = dict[str | None, list[tuple[Tensor, Tensor]]]
+
+
+class SalWarning(UserWarning):
+    """A note on the SAL measurement (a non-finite SAL, a metric left out, unchecked settings)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +103,7 @@ class SalMonitor:
         layers: Which layers to measure (see :func:`~unlearn.sharpness.measured_layers`; in a
             multi-task module, names of each task's view: ``encoder.*``, ``head.*``).
         reference: A clean run's ``sal.csv`` (a multi-task run's for a multi-task module);
-            enables UD.
+            enables UD. Read at its first use (see :attr:`reference`).
         first_order: Also report the first-order estimate's rank agreement with the SAL.
     """
 
@@ -106,13 +118,53 @@ class SalMonitor:
         self.settings = settings or SALSettings()
         self.probe = probe or ProbeSettings()
         self.layers = layers
-        self.reference = SalReference.read(reference) if reference is not None else None
+        #: The clean reference's ``sal.csv`` as given (read at first use, see :attr:`reference`).
+        self.reference_path = reference
+        self._reference: SalReference | None = None
         self.first_order = first_order
         #: Every ``sal.csv`` row so far, in order (the state saved in checkpoints).
         self.rows: list[dict[str, Any]] = []
         self._references: dict[str | None, SalTable] | None = None
         self._pairs: ProbePairs | None = None
         self._shards: list[list[Unit]] | None = None
+        self._said: set[str] = set()  # metric keys whose omission was warned about
+
+    def settings_record(self) -> dict[str, Any]:
+        """The settings of the measurement as JSON values, for ``sal.json``.
+
+        Those of :mod:`unlearn.sharpness.sidecar` except the caller's ``every_n_epochs``.
+        """
+        layers = self.layers
+        if callable(layers):
+            layers = f"<predicate {getattr(layers, '__qualname__', repr(layers))}>"
+        elif layers is not None and not isinstance(layers, str):
+            layers = list(layers)
+        return {
+            "probe_size": self.probe.size,
+            "probe_batch_size": self.probe.batch_size,
+            "steps_per_iter": self.settings.steps_per_iter,
+            "eps": self.settings.eps,
+            "iters": self.settings.iters,
+            "lr_min": self.settings.lr_min,
+            "lr_max": self.settings.lr_max,
+            "layers": layers,
+            "seed": self.probe.seed,
+        }
+
+    @property
+    def reference(self) -> SalReference | None:
+        """The clean reference, read at its first use (by :meth:`check` at the start of a fit).
+
+        Read late on purpose: a missing, unreadable or non-finite file is then reported as one
+        line by whoever starts the measurement, not inside a config parser building the
+        monitor.
+
+        Raises:
+            SalTableError: The file cannot serve as a reference (naming it).
+        """
+        if self._reference is None and self.reference_path is not None:
+            self._reference = SalReference.read(self.reference_path)
+        return self._reference
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -276,6 +328,9 @@ class SalMonitor:
         """The scalars and tables of the checkpoint just measured (its ``rows``).
 
         With ``first_order`` this runs the first-order estimate of every layer (one pass).
+        Warns (:class:`SalWarning`) where the checkpoint's SAL is not finite, and once per
+        key where a metric is left out for another reason (see
+        :mod:`~unlearn.sharpness.checkpoint_metrics`).
         """
         targets = self.targets(module)
         estimates = None
@@ -291,7 +346,42 @@ class SalMonitor:
                 )
                 for task, target in targets.items()
             }
-        return checkpoint_report(rows, self.rows, self._resolve(targets), estimates)
+        report = checkpoint_report(rows, self.rows, self._resolve(targets), estimates)
+        self._warn(rows, report)
+        return report
+
+    def _warn(self, rows: Sequence[dict[str, Any]], report: CheckpointReport) -> None:
+        """Say what the report leaves out: every non-finite checkpoint, other omissions once."""
+        if report.non_finite:
+            layers = [
+                layer if task is None else f"{task}/{layer}"
+                for task, names in report.non_finite.items()
+                for layer in names
+            ]
+            own = {
+                metric_key("sal", layer, task)
+                for task, names in report.non_finite.items()
+                for layer in names
+            }
+            kept = [k for k in report.skipped if k not in own]
+            warnings.warn(
+                f"SAL is nan/inf at epoch {rows[0]['epoch']} (step {rows[0]['step']}) in "
+                f"layer(s) {layers}: the training has diverged there. Written as such to "
+                f"sal.csv (and listed under non_finite in sal.json); not logged for this "
+                f"checkpoint: {kept or 'those layers'}. SAL does not stop the training.",
+                SalWarning,
+                stacklevel=3,
+            )
+            return
+        for key, why in report.skipped.items():
+            if key not in self._said:
+                self._said.add(key)
+                warnings.warn(
+                    f"{key} not logged at epoch {rows[0]['epoch']}: {why} (said once; it stays "
+                    "out wherever this holds)",
+                    SalWarning,
+                    stacklevel=3,
+                )
 
 
 def _to(pairs: list[tuple[Tensor, Tensor]], device: torch.device) -> list:

@@ -17,12 +17,14 @@ def sal_heatmap(table: SalTable, task: str | None = None) -> Figure:
     """SAL of every layer (rows) at every checkpoint (columns, labelled by epoch).
 
     Args:
-        table: One run's (or one task's) SAL, ``[T, L]``.
+        table: One run's (or one task's) SAL, ``[T, L]``; ``nan``/``inf`` cells (a diverged
+            run) are left blank and do not enter the colour scale.
         task: The task, named in the title of a multi-task run's figure.
     """
     fig = Figure(figsize=(4 + 0.3 * len(table.checkpoints), 1.5 + 0.25 * len(table.layers)))
     ax = fig.subplots()
-    image = ax.imshow(table.sal.T, aspect="auto", cmap="viridis", interpolation="nearest")
+    values = np.ma.masked_invalid(table.sal.T)
+    image = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_yticks(range(len(table.layers)), table.layers, fontsize=6)
     ax.set_xticks(range(len(table.checkpoints)), [str(e) for e, _ in table.checkpoints])
     ax.set_xlabel("epoch")

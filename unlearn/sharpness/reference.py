@@ -3,13 +3,18 @@
 A single-task reference holds one table; a multi-task one (a ``task`` column) one table per
 task. :meth:`SalReference.resolve` pairs the reference with the measured layers of a model
 (``None``: the single task; otherwise task names) and refuses every mismatch, naming the file.
+A reference must be finite (a clean run that diverged is refused when it is read), and it
+carries the settings recorded beside it (``sal.json``, :mod:`unlearn.sharpness.sidecar`) for
+the caller to compare with its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from unlearn.sharpness.sidecar import read_sidecar, sidecar_path
 from unlearn.sharpness.ud import SalTable, sal_tasks
 
 
@@ -19,18 +24,36 @@ class SalReference:
     Args:
         tables: The tables.
         source: The file they came from, for error messages.
+        settings: The SAL settings recorded with it (``None``: not recorded).
     """
 
-    def __init__(self, tables: Mapping[str | None, SalTable], source: str) -> None:
+    def __init__(
+        self,
+        tables: Mapping[str | None, SalTable],
+        source: str,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
         self.tables = dict(tables)
         self.source = source
+        self.settings = dict(settings) if settings is not None else None
 
     @classmethod
     def read(cls, path: str | Path) -> SalReference:
-        """Read a single-task or a multi-task run's ``sal.csv``."""
-        if sal_tasks(path):
-            return cls(SalTable.read_tasks(path), str(path))
-        return cls({None: SalTable.read(path)}, str(path))
+        """Read a single-task or a multi-task run's ``sal.csv`` and its ``sal.json``.
+
+        Raises:
+            SalTableError: An unreadable file, or a non-finite SAL value (naming the file,
+                the epoch and the layers).
+        """
+        tables = SalTable.read_tasks(path) if sal_tasks(path) else {None: SalTable.read(path)}
+        for table in tables.values():
+            table.require_finite()
+        return cls(tables, str(path), read_sidecar(path))
+
+    @property
+    def settings_source(self) -> str:
+        """The sidecar the settings come from (it may not exist)."""
+        return str(sidecar_path(self.source))
 
     @property
     def multi_task(self) -> bool:

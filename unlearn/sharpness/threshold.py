@@ -4,6 +4,9 @@ All k-means here are exact: in one dimension the optimal clusters are contiguous
 the sorted values, so dynamic programming over the split points finds the global optimum
 of the within-cluster sum of squares (no random restarts, unlike ``sklearn.KMeans`` in the
 paper's public code).
+
+Every function here refuses ``nan`` and ``inf`` (``ValueError``); the callers check their
+tables first and name the file (:meth:`~unlearn.sharpness.ud.SalTable.divergence`).
 """
 
 from __future__ import annotations
@@ -87,8 +90,14 @@ def mean_threshold(per_checkpoint: Sequence[Sequence[float]] | np.ndarray, k: in
 
 
 def percentile_threshold(values: Sequence[float] | np.ndarray, q: float) -> float:
-    """The ``q``-th percentile (linear interpolation) of all values pooled."""
+    """The ``q``-th percentile (linear interpolation) of all values pooled.
+
+    Raises:
+        ValueError: No value, or a non-finite one.
+    """
     x = np.asarray(values, dtype=np.float64).ravel()
     if x.size == 0:
         raise ValueError("a percentile needs at least one value")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("a percentile got a non-finite value")
     return float(np.percentile(x, q))

@@ -13,6 +13,11 @@ threshold of the clean reference run (:func:`mean_threshold` of its table),
 ``UD(t)`` uses the first ``t`` checkpoints of each run (beta stays that of the whole
 clean run). Where ``#LP(clean)`` is 0 the ratio is ``inf`` (``nan`` if ``#LP(poisoned)``
 is 0 too); with the 2-means beta this cannot happen unless every clean SAL is equal.
+
+A SAL value that is not finite (``nan``, ``inf``: a run that diverged) never enters a count:
+``nan > beta`` is false, so it would read as "not learnable". :meth:`SalTable.divergence`
+finds the first such checkpoint; :func:`ud` refuses a clean reference that has one and
+raises :class:`SalDivergedError` for a poisoned run that has one.
 """
 
 from __future__ import annotations
@@ -36,6 +41,51 @@ class SalTableError(UnlearnError, ValueError):
 
 class SalTableNotFoundError(UnlearnError, FileNotFoundError):
     """A SAL table path that does not exist."""
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first checkpoint of a SAL table with a non-finite value.
+
+    Attributes:
+        source: The table's file.
+        epoch: The checkpoint's epoch (0-based, as in ``sal.csv``).
+        step: Its global step.
+        layers: The layers whose SAL is ``nan`` or ``inf`` there, in the table's order.
+        values: Their values, as written (``nan``, ``inf``, ``-inf``).
+        task: The task of a multi-task run's table; ``None`` for a single-task run.
+    """
+
+    source: str
+    epoch: int
+    step: int
+    layers: list[str]
+    values: list[str]
+    task: str | None = None
+
+    def describe(self) -> str:
+        """``diverged at epoch E (step S), task T, layer(s) a, b (SAL nan, nan)``."""
+        task = "" if self.task is None else f", task {self.task}"
+        shown = ", ".join(self.layers[:4]) + (
+            f" and {len(self.layers) - 4} more" if len(self.layers) > 4 else ""
+        )
+        values = ", ".join(dict.fromkeys(self.values))
+        return (
+            f"diverged at epoch {self.epoch} (step {self.step}){task}, layer(s) {shown} "
+            f"(SAL {values})"
+        )
+
+
+class SalDivergedError(SalTableError):
+    """A run whose SAL is not finite at some checkpoint: it has no UD.
+
+    Attributes:
+        divergence: Where it happened first.
+    """
+
+    def __init__(self, divergence: Divergence) -> None:
+        super().__init__(f"{divergence.source}: {divergence.describe()}; no UD for this run")
+        self.divergence = divergence
 
 
 #: Columns every ``sal.csv`` has, in this order (more columns may follow).
@@ -193,6 +243,36 @@ class SalTable:
         index = {name: i for i, name in enumerate(self.layers)}
         return self.sal[:, [index[name] for name in layers]]
 
+    def divergence(self) -> Divergence | None:
+        """The first checkpoint with a ``nan`` or ``inf`` SAL value; ``None`` if all are finite."""
+        bad = ~np.isfinite(self.sal)
+        if not bad.any():
+            return None
+        t = int(np.flatnonzero(bad.any(axis=1))[0])
+        columns = np.flatnonzero(bad[t])
+        epoch, step = self.checkpoints[t]
+        return Divergence(
+            self.source,
+            epoch,
+            step,
+            [self.layers[i] for i in columns],
+            [str(float(self.sal[t, i])) for i in columns],
+            self.task,
+        )
+
+    def require_finite(self) -> None:
+        """Refuse a clean reference with a non-finite value (its beta would be meaningless).
+
+        Raises:
+            SalTableError: Naming the file, the epoch and the layers.
+        """
+        found = self.divergence()
+        if found is not None:
+            raise SalTableError(
+                f"{self.source}: {found.describe()}; a clean reference needs finite SAL values "
+                "(rerun it, e.g. with a lower learning rate)"
+            )
+
 
 def sal_tasks(path: str | Path) -> list[str]:
     """The tasks of a ``sal.csv`` file in the order they first appear (``[]``: no task column)."""
@@ -285,9 +365,16 @@ def ud(clean: SalTable, poisoned: SalTable, t: int | None = None) -> dict[str, A
         ``beta_v``, ``lp_clean_v``, ``lp_poisoned_v``, ``ud_v``.
 
     Raises:
-        ValueError: Different layer sets, or fewer than ``t`` checkpoints in a run.
+        SalTableError: Different layer sets, fewer than ``t`` checkpoints in a run, or a
+            non-finite value in ``clean``.
+        SalDivergedError: A non-finite value in ``poisoned`` (at any checkpoint, also one
+            after the first ``t``: a run that diverged has no UD).
     """
     check_same_layers(clean, poisoned)
+    clean.require_finite()
+    diverged = poisoned.divergence()
+    if diverged is not None:
+        raise SalDivergedError(diverged)
     betas = thresholds(clean)
     c, p = clean.first(t), poisoned.first(t)
     row: dict[str, Any] = {"poisoned": poisoned.source, "clean": clean.source}
