@@ -79,9 +79,11 @@ def write_mnist(
     test_images: np.ndarray,
     test_labels: np.ndarray,
     gz: bool = True,
+    folder: str | None = "MNIST",
 ) -> None:
-    """MNIST IDX files under ``root/MNIST/raw`` (gzipped like the download, or plain)."""
-    raw = root / "MNIST" / "raw"
+    """MNIST-format IDX files under ``root/{folder}/raw`` (gzipped like the download, or
+    plain), or flat in ``root`` when ``folder`` is ``None`` (Debian's layout)."""
+    raw = root if folder is None else root / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     files = {
         "train-images-idx3-ubyte": images,

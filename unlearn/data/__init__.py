@@ -5,6 +5,7 @@ from unlearn.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from unlearn.data.classification import ImageClassificationDataModule
 from unlearn.data.datasets import IndexedImageDataset, PoisonOverlay, TensorImageSource
 from unlearn.data.digits import DigitsDataModule
+from unlearn.data.fashion_mnist import FashionMNISTDataModule
 from unlearn.data.folder import ImageFolderDataModule
 from unlearn.data.mnist import MNISTDataModule
 from unlearn.data.svhn import SVHNDataModule
@@ -18,6 +19,7 @@ __all__ = [
     "DataNotFoundError",
     "DatasetInfo",
     "DigitsDataModule",
+    "FashionMNISTDataModule",
     "ImageClassificationDataModule",
     "ImageFolderDataModule",
     "IndexedImageDataset",

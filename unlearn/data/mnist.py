@@ -1,4 +1,9 @@
-"""MNIST from the IDX files torchvision downloads (plain or gzipped)."""
+"""MNIST from the IDX files torchvision downloads (plain or gzipped).
+
+The IDX reader is our own rather than torchvision's ``read_sn3_pascalvincent_tensor``: that
+one opens plain files only (the Debian packages ship the files gzipped) and checks the
+header with bare ``assert`` statements, where a user needs a message naming the file.
+"""
 
 from __future__ import annotations
 
@@ -34,27 +39,33 @@ def read_idx(path: Path) -> np.ndarray:
 class MNISTDataModule(ImageClassificationDataModule):
     """MNIST: 1 x 28 x 28, 10 classes, 60k/10k, no augmentation.
 
-    Reads ``{root}/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``, the layout
-    torchvision writes.
+    Reads ``{train,t10k}-{images-idx3,labels-idx1}-ubyte``, plain or ``.gz``, from
+    ``{root}/MNIST/raw/`` (the layout torchvision writes) or from ``{root}`` itself (a flat
+    folder of the four files, as Debian's data set packages install them).
     """
 
     name = "mnist"
     num_classes = 10
     image_shape = (1, 28, 28)
+    #: torchvision's folder name under ``root`` (``root/{folder}/raw/``)
+    folder = "MNIST"
+    #: torchvision's data set class that ``download: true`` fetches with
+    torchvision_class = datasets.MNIST
 
     def fetch(self) -> None:
         """Download with torchvision."""
-        datasets.MNIST(str(self.root), train=True, download=True)
+        self.torchvision_class(str(self.root), train=True, download=True)
 
     def _find(self, stem: str) -> Path:
-        raw = self.root / "MNIST" / "raw"
-        for candidate in (raw / stem, raw / f"{stem}.gz"):
-            if candidate.is_file():
-                return candidate
+        raw = self.root / self.folder / "raw"
+        for folder in (raw, self.root):
+            for candidate in (folder / stem, folder / f"{stem}.gz"):
+                if candidate.is_file():
+                    return candidate
         raise DataNotFoundError(
-            f"MNISTDataModule: expected file '{raw / stem}' (or '.gz') was not found "
-            f"(root: '{self.root}'). Set `download: true` or place the four IDX files from "
-            "the MNIST page under root/MNIST/raw/."
+            f"{type(self).__name__}: expected file '{raw / stem}' (or '.gz', or the same in "
+            f"'{self.root}') was not found. Set `download: true` or place the four IDX files "
+            f"under root/{self.folder}/raw/ or in root."
         )
 
     def load_split(self, train: bool) -> TensorImageSource:
@@ -64,7 +75,8 @@ class MNISTDataModule(ImageClassificationDataModule):
         labels = read_idx(self._find(f"{prefix}-labels-idx1-ubyte"))
         if images.ndim != 3 or labels.shape != (images.shape[0],):
             raise ValueError(
-                f"MNIST {prefix}: images {images.shape} and labels {labels.shape} do not match"
+                f"{type(self).__name__} {prefix}: images {images.shape} and labels "
+                f"{labels.shape} do not match"
             )
         return TensorImageSource(
             torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
