@@ -94,18 +94,35 @@ def test_script_submits_arrays_with_the_cells_requests(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     poison_call, cell_call = _calls(record, "sbatch")
+    jobs = {}
     for call, kind in ((poison_call, "poison"), (cell_call, "cell")):
-        assert call[-2:] == [str(script.resolve()), kind]  # found from another directory
+        jobs[kind] = Path(call[-1])  # an absolute path: found from another directory
+        assert jobs[kind] == script.resolve().parent / f"slurm_{kind}s_1.sh"
     assert "--array=1" in poison_call and "--array=1-2" in cell_call
     assert "--dependency=afterany:1001" in cell_call  # satisfied even by a failed poison
-    assert set(fit_options) <= set(cell_call)
-    assert set(poison_options) <= set(poison_call)
+    requested = {kind: _sbatch_lines(job) for kind, job in jobs.items()}
+    assert set(fit_options) <= requested["cell"]
+    assert set(poison_options) <= requested["poison"]
     gpus_wanted = any(o.startswith("--gres") for o in fit_options + poison_options)
-    assert any(o.startswith("--gres") for o in cell_call + poison_call) == gpus_wanted
-    text = script.read_text()
+    assert any(o.startswith("--gres") for o in requested["cell"] | requested["poison"]) == (
+        gpus_wanted
+    )
     for line in header:
-        assert f"#SBATCH {line}\n" in text
-    assert f"PYTHON={sys.executable}\n" in text and str(out.resolve() / "slurm") in text
+        assert line in requested["cell"] and line in requested["poison"]
+    for job in jobs.values():
+        assert f"PYTHON={sys.executable}\n" in job.read_text()
+    assert str(out.resolve() / "slurm") in script.read_text()
+
+
+def _sbatch_lines(job_script: Path) -> set[str]:
+    """The options of a job script's ``#SBATCH`` lines (those before its first command)."""
+    options = set()
+    for line in job_script.read_text().splitlines()[1:]:
+        if line.startswith("#SBATCH "):
+            options.add(line.removeprefix("#SBATCH ").strip())
+        elif line and not line.startswith("#"):
+            break  # sbatch stops reading #SBATCH lines at the first command
+    return options
 
 
 def test_multi_device_cell_is_launched_with_srun(
@@ -153,7 +170,7 @@ def test_array_tasks_skip_clean_up_record_failures_and_finish_after_resubmission
     def task(kind: str, number: int) -> subprocess.Popen:
         env = _env(bin_dir, record, SLURM_ARRAY_TASK_ID=str(number), SLURM_JOB_ID="9")
         return subprocess.Popen(
-            ["bash", str(script), kind], cwd=tmp_path, env=env, text=True,
+            ["bash", str(script.parent / f"slurm_{kind}s_1.sh")], cwd=tmp_path, env=env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
 

@@ -1,8 +1,11 @@
-"""``--dry_run``: the grid as plain command lines and a SLURM job-array script.
+"""``--dry_run``: the grid as plain command lines and SLURM job-array scripts.
 
-Each array task runs ``python -m unlearn benchmark --run_poison N`` or ``--run_cell N``: the
-runner of a local run, so skipping what is finished, cleaning a killed cell's partial run,
-``error.json`` of a failed cell and poison timings are the same on a cluster.
+``slurm.sh`` submits one job array per distinct request (poisons first, cells after them);
+each array's own job script ``slurm_{poison,cell}s_K.sh`` carries that request as
+``#SBATCH`` lines. Each array task runs ``python -m unlearn benchmark --run_poison N`` or
+``--run_cell N``: the runner of a local run, so skipping what is finished, cleaning a killed
+cell's partial run, ``error.json`` of a failed cell and poison timings are the same on a
+cluster.
 """
 
 from __future__ import annotations
@@ -110,44 +113,43 @@ def _groups(requests: list[Request]) -> dict[Request, list[int]]:
     return groups
 
 
-HEADER = """#!/usr/bin/env bash
+SUBMITTER = """#!/usr/bin/env bash
 # Benchmark '{name}' on SLURM, written by `unlearn benchmark --dry_run` on {date}.
-#   bash {script}    (or sbatch it; from any directory) submits the job arrays below.
-# Every task runs the benchmark's own runner on one poison or one cell:
-#   {python} -m unlearn benchmark --config {spec} --output_dir {root} --run_poison N | --run_cell N
-# with {python}, the interpreter that wrote this script: its environment must be there
-# on the compute nodes (or edit PYTHON below). A finished poison or cell is skipped, a
-# killed cell's partial run is removed and run again, a failed cell writes error.json:
-# resubmit this script after a cancelled or failed task to finish the grid.
-# Requests, from the slurm: section of the benchmark config or else derived from the cells'
-# trainer settings (accelerator, devices, num_nodes, data num_workers):
+#   bash {script}    (from any directory) submits one job array per request:
 {arrays}
+# Each array's job script carries its request as #SBATCH lines. Every task runs the
+# benchmark's own runner on one poison or one cell:
+#   {python} -m unlearn benchmark --config {spec} --output_dir {root} --run_poison N | --run_cell N
+# with {python}, the interpreter that wrote these scripts: its environment must be there
+# on the compute nodes (or edit PYTHON= in the job scripts). A finished poison or cell is
+# skipped, a killed cell's partial run is removed and run again, a failed cell writes
+# error.json: run this script again after a cancelled or failed task to finish the grid.
+# Requests come from the slurm: section of the benchmark config or else from the cells'
+# trainer settings (accelerator, devices, num_nodes, data num_workers).
 # Run `--dry_run` again after editing the benchmark config. When the arrays are done:
 #   {python} -m unlearn benchmark --config {spec} --output_dir {root} --report_only
+set -euo pipefail
+mkdir -p {slurm_dir}
+poison_jobs=""
+{submit_poisons}dependency=""
+if [ -n "$poison_jobs" ]; then dependency="--dependency=afterany$poison_jobs"; fi
+{submit_cells}"""
+
+SUBMIT = """job=$(sbatch --parsable --array={array} {dependency}{job_script})
+echo "submitted {what} as job ${{job%%;*}}"
 """
 
-BODY = """set -euo pipefail
+JOB = """#!/usr/bin/env bash
+# {what} of benchmark '{name}', one array task each; submitted by {submitter}
+{sbatch_lines}set -euo pipefail
 PYTHON={python}
 if [ -z "${{SLURM_ARRAY_TASK_ID:-}}" ]; then
-  script="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"  # resolved before any cd
-  mkdir -p {slurm_dir}
-  poison_jobs=""
-{submit_poisons}  dependency=""
-  if [ -n "$poison_jobs" ]; then dependency="--dependency=afterany$poison_jobs"; fi
-{submit_cells}  exit 0
+  echo "$0 runs as a SLURM array task; submit the grid with: bash {submitter}" >&2
+  exit 2
 fi
-case "${{1:-}}" in
-  poison) run=--run_poison ;;
-  cell) run=--run_cell ;;
-  *) echo "usage: sbatch --array=... $0 poison|cell" >&2; exit 2 ;;
-esac
 cd {workdir}
 exec "$PYTHON" -m unlearn benchmark --config {spec} --output_dir {root}{timeout} \\
-  "$run" "$SLURM_ARRAY_TASK_ID"
-"""
-
-SUBMIT = """  job=$(sbatch --parsable --array={array} {options} {dependency}"$script" {kind})
-  echo "submitted {what} as job ${{job%%;*}}"
+  {run} "$SLURM_ARRAY_TASK_ID"
 """
 
 
@@ -155,8 +157,9 @@ def write_dry_run(layout: Layout, check: GridCheck, timeout: float | None = None
     """Write the grid's SLURM script and what it reads under the layout's root; return the files.
 
     ``benchmark.yaml`` (the grid as it runs), ``poison_commands.txt`` and ``fit_commands.txt``
-    (the plain command of each poison and cell, in task order) and ``slurm.sh``. ``check``
-    parses every config first: a bad one raises before anything is written.
+    (the plain command of each poison and cell, in task order), ``slurm.sh`` (the submitter)
+    and one job script per request group. ``check`` parses every config first: a bad one
+    raises before anything is written.
     """
     cells, poisons = layout.cells(), layout.poisons()
     check.check(cells)
@@ -175,53 +178,62 @@ def write_dry_run(layout: Layout, check: GridCheck, timeout: float | None = None
     fit_lines = [shell_line(layout.fit_command(cell)) for cell in cells]
     write_text_atomic(files["fits"], "".join(f"{line}\n" for line in fit_lines))
 
-    slurm = spec.slurm
-    poison_groups = _groups([poison_request(check.poison_footprint(c), slurm) for c in poisons])
-    cell_groups = _groups([fit_request(check.fit_footprint(c), spec.slurm) for c in cells])
-    arrays, submit_poisons, submit_cells = [], "", ""
-    for request, numbers in poison_groups.items():
-        what = f"poisons {array_spec(numbers)} of {len(poisons)}"
-        arrays.append(f"#   {what}: {' '.join(request.options())}")
-        submit_poisons += SUBMIT.format(
-            array=array_spec(numbers), options=" ".join(request.options()), dependency="",
-            kind="poison", what=what,
-        ) + '  poison_jobs="$poison_jobs:${job%%;*}"\n'  # fmt: skip
-    for request, numbers in cell_groups.items():
-        what = f"cells {array_spec(numbers)} of {len(cells)}"
-        arrays.append(f"#   {what}: {' '.join(request.options())}")
-        submit_cells += SUBMIT.format(
-            array=array_spec(numbers), options=" ".join(request.options()),
-            dependency="$dependency ", kind="cell", what=what,
-        )  # fmt: skip
     quote = shlex.quote
-    lines = [
+    common = [
         f"--job-name=unlearn-{spec.name}",
         f"--output={root}/slurm/%x-%A_%a.out",
         *([f"--partition={spec.slurm.partition}"] if spec.slurm.partition else []),
         *([f"--time={spec.slurm.time}"] if spec.slurm.time else []),
         *(line.removeprefix("#SBATCH").strip() for line in spec.slurm.extra),
     ]
-    script = (
-        HEADER.format(
-            name=spec.name,
-            date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            script=files["script"],
-            python=sys.executable,
-            spec=files["spec"],
-            root=root,
-            arrays="\n".join(arrays),
-        )
-        + "".join(f"#SBATCH {line}\n" for line in lines)
-        + BODY.format(
-            python=quote(sys.executable),
-            slurm_dir=quote(str(root / "slurm")),
-            submit_poisons=submit_poisons,
-            submit_cells=submit_cells,
-            workdir=quote(str(Path.cwd())),
-            spec=quote(str(files["spec"])),
-            root=quote(str(root)),
-            timeout=f" --cell_timeout={timeout}" if timeout is not None else "",
-        )
+    job_values = {
+        "name": spec.name,
+        "submitter": quote(str(files["script"])),
+        "python": quote(sys.executable),
+        "workdir": quote(str(Path.cwd())),
+        "spec": quote(str(files["spec"])),
+        "root": quote(str(root)),
+        "timeout": f" --cell_timeout={timeout}" if timeout is not None else "",
+    }
+    groups = {
+        "poison": _groups([poison_request(check.poison_footprint(c), spec.slurm) for c in poisons]),
+        "cell": _groups([fit_request(check.fit_footprint(c), spec.slurm) for c in cells]),
+    }
+    totals = {"poison": len(poisons), "cell": len(cells)}
+    for stale in [*root.glob("slurm_poisons_*.sh"), *root.glob("slurm_cells_*.sh")]:
+        stale.unlink()  # of an earlier dry run with other request groups
+    arrays, submits = [], {"poison": "", "cell": ""}
+    for kind, by_request in groups.items():
+        for number, (request, tasks) in enumerate(by_request.items(), 1):
+            what = f"{kind}s {array_spec(tasks)} of {totals[kind]}"
+            job_script = root / f"slurm_{kind}s_{number}.sh"
+            sbatch_lines = "".join(f"#SBATCH {o}\n" for o in [*common, *request.options()])
+            write_text_atomic(
+                job_script,
+                JOB.format(what=what, sbatch_lines=sbatch_lines, run=f"--run_{kind}", **job_values),
+            )
+            job_script.chmod(0o755)
+            files[f"{kind}s_{number}"] = job_script
+            arrays.append(f"#   {what}: {job_script.name}: {' '.join(request.options())}")
+            submits[kind] += SUBMIT.format(
+                array=array_spec(tasks),
+                dependency="$dependency " if kind == "cell" else "",
+                job_script=quote(str(job_script)),
+                what=what,
+            )
+            if kind == "poison":
+                submits[kind] += 'poison_jobs="$poison_jobs:${job%%;*}"\n'
+    script = SUBMITTER.format(
+        name=spec.name,
+        date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        script=files["script"],
+        python=sys.executable,
+        spec=files["spec"],
+        root=root,
+        arrays="\n".join(arrays),
+        slurm_dir=quote(str(root / "slurm")),
+        submit_poisons=submits["poison"],
+        submit_cells=submits["cell"],
     )
     write_text_atomic(files["script"], script)
     files["script"].chmod(0o755)
