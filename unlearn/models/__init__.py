@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from unlearn.models.resnet import ResNet, resnet18, resnet50, senet18
+from unlearn.models.resnet import ResNet, ResNet18, resnet18, resnet50, senet18
 from unlearn.models.small import LeNet5, LinearClassifier, SmallCNN
 from unlearn.models.vit import ViT, vit_small
 
@@ -40,6 +40,7 @@ __all__ = [
     "LeNet5",
     "LinearClassifier",
     "ResNet",
+    "ResNet18",
     "SmallCNN",
     "ViT",
     "build_model",

@@ -86,6 +86,9 @@ class ResNet(nn.Module):
         num_classes: output logits.
         in_channels: image channels.
         se: add squeeze-and-excitation gates (SENet).
+        width: channels of the stem and the first stage (the published 64); the stages are
+            ``width``, 2, 4 and 8 times ``width`` wide. Halving it quarters the FLOPs and keeps
+            the layer count (UD counts layers).
     """
 
     def __init__(
@@ -95,13 +98,17 @@ class ResNet(nn.Module):
         num_classes: int = 10,
         in_channels: int = 3,
         se: bool = False,
+        width: int = 64,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        if width < 1:
+            raise ValueError(f"ResNet width must be a positive number of channels, got {width}")
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         stages = []
-        in_planes = 64
-        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), num_blocks, strict=True)):
+        in_planes = width
+        widths = (width, 2 * width, 4 * width, 8 * width)
+        for i, (planes, blocks) in enumerate(zip(widths, num_blocks, strict=True)):
             layers = []
             for j in range(blocks):
                 stride = 2 if i > 0 and j == 0 else 1
@@ -119,9 +126,25 @@ class ResNet(nn.Module):
         return self.linear(self.pool(out).flatten(1))
 
 
+class ResNet18(ResNet):
+    """CIFAR ResNet-18 with a width setting, for configs (``class_path: unlearn.models.ResNet18``).
+
+    21 weight layers (stem, 16 block convolutions, 3 shortcut convolutions, the head);
+    11.2M parameters at ``width=64`` and 10 classes, 0.18M at ``width=8``.
+
+    Args:
+        num_classes: output logits.
+        in_channels: image channels (1 for gray images).
+        width: channels of the first stage (see :class:`ResNet`).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64) -> None:
+        super().__init__(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, width=width)
+
+
 def resnet18(num_classes: int = 10, in_channels: int = 3) -> ResNet:
     """CIFAR ResNet-18 (11.2M parameters at 10 classes)."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels)
+    return ResNet18(num_classes, in_channels)
 
 
 def resnet50(num_classes: int = 10, in_channels: int = 3) -> ResNet:
