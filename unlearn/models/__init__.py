@@ -1,4 +1,5 @@
-"""Backbones: CIFAR ResNet-18/50, SENet-18, a small ViT, LeNet-5, a small CNN, linear.
+"""Backbones: CIFAR ResNet-18/50 (ResNet-18 also at width 8), SENet-18, a small ViT,
+LeNet-5, a small CNN, linear.
 
 Every model maps images ``float [B, C, H, W]`` in ``[0, 1]`` to logits ``[B, num_classes]``.
 """
@@ -17,6 +18,8 @@ ModelFactory = Callable[[int, tuple[int, int, int]], nn.Module]
 
 MODELS: dict[str, ModelFactory] = {
     "resnet18": lambda classes, shape: resnet18(classes, shape[0]),
+    # CPU-sized ResNet-18 (the Fashion-MNIST protocol's): the 21 layers at 1/8 of the width
+    "resnet18_w8": lambda classes, shape: ResNet18(classes, shape[0], width=8),
     "resnet50": lambda classes, shape: resnet50(classes, shape[0]),
     "senet18": lambda classes, shape: senet18(classes, shape[0]),
     "vit_small": vit_small,
