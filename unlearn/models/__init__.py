@@ -1,5 +1,4 @@
-"""Backbones: CIFAR ResNet-18/50 (ResNet-18 also at width 8), SENet-18, a small ViT,
-LeNet-5, a small CNN, linear.
+"""Backbones: ResNet-18 (also at width 8), ResNet-50, SENet-18, ViT, LeNet-5, small CNN, linear.
 
 Every model maps images ``float [B, C, H, W]`` in ``[0, 1]`` to logits ``[B, num_classes]``.
 """
