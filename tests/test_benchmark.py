@@ -4,8 +4,10 @@ a SIGKILLed runner that takes its child along, the output directory's lock, resu
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,12 +75,10 @@ def main_in_process(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int
     """``python -m unlearn ARGS`` in this process: (exit code, stdout, stderr)."""
     try:
         cli_main(args)
-        code: int | str | None = 0
+        code: int | None = 0
     except SystemExit as err:
         code = err.code
     captured = capsys.readouterr()
-    if isinstance(code, str):  # sys.exit(message): exit status 1, message on stderr
-        return 1, captured.out, captured.err + code + "\n"
     return int(code or 0), captured.out, captured.err
 
 
@@ -93,6 +93,12 @@ def _benchmark(config: Path, out: Path, *extra: str) -> subprocess.Popen:
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
     )  # fmt: skip
+
+
+def _sal_values(path: Path) -> list[dict[str, str]]:
+    """A ``sal.csv``'s rows without the wall-clock ``seconds`` column."""
+    with path.open(newline="") as handle:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
 
 
 def _children(pid: int) -> list[int]:
@@ -170,6 +176,21 @@ def test_sigkilled_runner_takes_its_child_along_and_the_rerun_finishes(tmp_path:
         files(clean, "events.out.tfevents.*")
     )
     assert files(random_cell, "*.ckpt") == files(clean, "*.ckpt") != []
+
+    # the rerun cell's results are those of the cell run alone, never interrupted (its
+    # poison copied: --run_cell takes it as made)
+    alone = tmp_path / "alone"
+    layout_alone = layout_of(config, alone)
+    shutil.copytree(layout.poison_dir(random_cell), layout_alone.poison_dir(random_cell))
+    single = _benchmark(config, alone, "--run_cell", "2")
+    output, _ = single.communicate(timeout=600)
+    assert single.returncode == 0, output
+    layouts = (layout, layout_alone)
+    records = [json.loads(lay.metrics_file(random_cell).read_text()) for lay in layouts]
+    for part in ("validation", "test"):
+        assert records[0][part] == records[1][part] != {}
+    tables = [next(lay.run_dir(random_cell).rglob("sal.csv")) for lay in layouts]
+    assert _sal_values(tables[0]) == _sal_values(tables[1]) != []
 
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert list(rows[0]) == RESULT_COLUMNS
@@ -305,11 +326,11 @@ def test_bad_configs_are_refused_before_any_cell_runs(
     code, _, err = main_in_process(
         ["benchmark", "--config", str(config), "--output_dir", str(out)], capsys
     )
-    assert code != 0
+    assert code == 2
     (line,) = err.strip().splitlines()
     for text in named:
         assert text in line
-    assert not (out / "cells").exists()
+    assert not out.exists()  # refused before anything is written, the lock file included
 
 
 def test_dry_run_writes_commands_and_slurm_script(
@@ -329,7 +350,8 @@ def test_dry_run_writes_commands_and_slurm_script(
     assert "--data.init_args.poison=" in fits[1] and "--data.init_args.poison=" not in fits[0]
     script = (out / "slurm.sh").read_text()
     assert "--array=1-2 " in script and "--array=1 " in script and "afterany" in script
-    assert f"PYTHON={sys.executable}" in script
+    for job in ("slurm_poisons_1.sh", "slurm_cells_1.sh"):
+        assert f"PYTHON={sys.executable}" in (out / job).read_text()
     assert layout_of(out / "benchmark.yaml", out).cells() == layout_of(config, out).cells()
     assert not (out / "cells").exists()  # nothing ran
 
@@ -355,5 +377,5 @@ def test_grid_without_clean_reference_is_refused(
     code, _, err = main_in_process(
         ["benchmark", "--config", str(config), "--output_dir", str(tmp_path / "out")], capsys
     )
-    assert code != 0
+    assert code == 2
     assert "'methods' must include 'clean'" in err and "Traceback" not in err

@@ -168,19 +168,24 @@ def test_one_run_skips_the_comparison_and_honours_the_settings(
     ],
 )
 def test_bad_input_is_a_clear_error(
-    runs: dict, tmp_path: Path, override: str, message: str
+    runs: dict, tmp_path: Path, override: str, message: str, capsys: pytest.CaptureFixture
 ) -> None:
     config = _config(runs, tmp_path, names=("clean",))
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["landscape", "--config", str(config), override, "--progress=false"])
-    assert message in str(exit_info.value)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "figures").exists()  # refused before anything is written
 
 
-def test_missing_checkpoints_are_a_clear_error(runs: dict, tmp_path: Path) -> None:
+def test_missing_checkpoints_are_a_clear_error(
+    runs: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     config = _config({**runs, "clean": tmp_path / "nowhere"}, tmp_path, names=("clean",))
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["landscape", "--config", str(config)])
-    message = str(exit_info.value)
+    assert exit_info.value.code == 2
+    (message,) = capsys.readouterr().err.strip().splitlines()
     assert message.startswith("unlearn landscape: error: checkpoints: no .ckpt files found at")
     assert str(tmp_path / "nowhere") in message
     assert not (tmp_path / "figures").exists()  # nothing left behind

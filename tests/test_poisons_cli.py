@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +21,7 @@ import unlearn.poisons as poisons
 from unlearn.cli import main as cli_main
 from unlearn.data import CIFAR10DataModule
 from unlearn.poisons import load_poison
-from unlearn.poisons.base import PoisonContext
+from unlearn.poisons.base import PoisonContext, PoisonStateError
 from unlearn.poisons.command import build_parser, generate_poison, main
 
 METHODS = ["AR", "EM", "LSP", "OPS", "REM", "RandomNoise", "TAP"]
@@ -133,9 +139,136 @@ def test_an_interrupted_run_resumes_to_the_same_poison(
     with pytest.raises(Interrupt):
         generate_poison(data, make(), out, checkpoint_interval=0)
     assert (out / "state.pt").is_file() and not (out / "poison.pt").exists()
-    with pytest.raises(RuntimeError, match="other settings; pass --overwrite"):
+    with pytest.raises(PoisonStateError, match=r"other settings .*; pass --overwrite"):
         generate_poison(data, make(), out, seed=1)
     monkeypatch.setattr(PoisonContext, "checkpoint", original)
     resumed = load_poison(generate_poison(data, make(), out, checkpoint_interval=0))
     assert resumed.meta["resumed"] is True and not (out / "state.pt").exists()
     assert torch.equal(resumed.delta, reference)
+
+
+def _interrupted(data, method, out: Path, monkeypatch: pytest.MonkeyPatch, **kwargs) -> None:
+    """Run ``generate_poison`` until its second state save, then stop it there."""
+    original, saves = PoisonContext.checkpoint, []
+
+    def checkpoint_then_stop(self, make_state, force=False) -> None:
+        original(self, make_state, force)
+        saves.append(1)
+        if len(saves) == 2:
+            raise Interrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(PoisonContext, "checkpoint", checkpoint_then_stop)
+        with pytest.raises(Interrupt):
+            generate_poison(data, method, out, checkpoint_interval=0, **kwargs)
+    assert (out / "state.pt").is_file()
+
+
+def test_overwrite_resumes_a_state_of_the_same_settings_and_discards_another(
+    cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    klass, kwargs = FAST_METHODS["em"]
+    make = lambda: getattr(poisons, klass)(**kwargs)  # noqa: E731
+    data = CIFAR10DataModule(root=cifar_root)
+    reference = load_poison(generate_poison(data, make(), tmp_path / "whole")).delta
+    out = tmp_path / "out"
+    generate_poison(data, make(), out, seed=1)  # a finished poison that --overwrite replaces
+    _interrupted(data, make(), out, monkeypatch, overwrite=True)
+    resumed = load_poison(generate_poison(data, make(), out, overwrite=True))
+    assert resumed.meta["resumed"] is True and resumed.meta["seed"] == 0
+    assert torch.equal(resumed.delta, reference)
+    _interrupted(data, make(), out, monkeypatch, overwrite=True)
+    other = load_poison(generate_poison(data, make(), out, seed=1, overwrite=True))
+    assert other.meta["resumed"] is False and other.meta["seed"] == 1
+    assert not (out / "state.pt").exists()
+
+
+def _write_truncated_state(path: Path) -> None:
+    state = {"key": "k", "generator": torch.Generator().get_state(), "method": {"x": 1}}
+    torch.save(state, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("write", "reason"),
+    [
+        (_write_truncated_state, "not a readable resumable state"),
+        (lambda path: path.write_text("not a torch file"), "not a readable resumable state"),
+        (lambda path: torch.save({"weights": torch.zeros(2)}, path), "expected a dict with"),
+    ],
+    ids=["truncated", "text", "foreign"],
+)
+def test_an_unreadable_state_is_one_line_or_discarded_with_overwrite(
+    write, reason: str, cifar_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    write(out / "state.pt")
+    args = ["poison", "--data", "CIFAR10DataModule", f"--data.init_args.root={cifar_root}",
+            "--method", "RandomNoise", "--output_dir", str(out), "--no_progress"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(args)
+    assert exit_.value.code not in (0, None)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"unlearn poison: error: {out / 'state.pt'}") and reason in line
+    assert (out / "state.pt").is_file() and not (out / "poison.pt").exists()
+    cli_main([*args, "--overwrite"])
+    assert load_poison(out).meta["resumed"] is False and not (out / "state.pt").exists()
+
+
+def _poison_args(cifar_root: Path, out: Path, *extra: str) -> list[str]:
+    """EM long enough (300 rounds, ~2 s) to be killed mid-way, its state saved every round."""
+    _, kwargs = FAST_METHODS["em"]
+    method = {"class_path": "EM", "init_args": {**kwargs, "max_rounds": 300, "stop_accuracy": 2.0}}
+    return ["--data", "CIFAR10DataModule", f"--data.init_args.root={cifar_root}",
+            f"--method={json.dumps(method)}", "--output_dir", str(out), "--device=cpu",
+            "--no_progress", "--checkpoint_interval=0", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def whole_em(cifar_root: Path, tmp_path_factory: pytest.TempPathFactory) -> torch.Tensor:
+    """The long EM poison of an uninterrupted run (in this process)."""
+    out = tmp_path_factory.mktemp("whole_em")
+    main(_poison_args(cifar_root, out))
+    return load_poison(out).delta
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overwrite", [False, True], ids=["plain", "overwrite"])
+def test_a_sigkilled_poison_run_again_gives_the_uninterrupted_poison(
+    overwrite: bool, whole_em: torch.Tensor, cifar_root: Path, tmp_path: Path
+) -> None:
+    """SIGKILL a random moment (drawn by a seeded generator) after ``state.pt`` first appears,
+    then the same command again: it resumes, and the poison is bit-identical."""
+    out = tmp_path / "out"
+    args = _poison_args(cifar_root, out, *(["--overwrite"] if overwrite else []))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "unlearn", "poison", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "state.pt").is_file():
+            assert process.poll() is None, process.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "no state.pt within 120 s"
+            time.sleep(0.01)
+        time.sleep(random.Random(int(overwrite)).uniform(0.0, 1.0))
+        assert process.poll() is None, "the run finished before it was killed"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert (out / "state.pt").is_file() and not (out / "poison.pt").exists()
+
+    main(args)  # the same command again
+    resumed = load_poison(out)
+    assert resumed.meta["resumed"] is True and not (out / "state.pt").exists()
+    assert torch.equal(resumed.delta, whole_em)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from poison_fixtures import tree_digest, write_cifar10
@@ -167,7 +169,7 @@ def test_an_interrupted_save_keeps_the_old_poison(
     cifar_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """meta.json is replaced first, poison.pt last; a failed write of poison.pt leaves the old
-    one whole and no temporary file behind."""
+    one whole and no temporary file behind, and the store is refused until written again."""
     info = CIFAR10DataModule(root=cifar_root).info()
     delta = torch.full((40, 3, 32, 32), 4 / 255)
     save_poison(tmp_path / "p", delta, torch.arange(40), _meta(info, method="old"))
@@ -181,7 +183,80 @@ def test_an_interrupted_save_keeps_the_old_poison(
     with pytest.raises(OSError, match="disk full"):
         save_poison(tmp_path / "p", -delta, torch.arange(40), _meta(info, method="new"))
     monkeypatch.setattr(torch, "save", real_save)
-    stored = load_poison(tmp_path / "p", expected=info)
-    assert stored.meta["method"] == "old" and torch.equal(stored.delta, delta.half())
+    old = torch.load(tmp_path / "p" / "poison.pt", weights_only=True)
+    assert old["meta"]["method"] == "old" and torch.equal(old["delta"], delta.half())
     assert json.loads((tmp_path / "p" / "meta.json").read_text())["method"] == "new"
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["meta.json", "poison.pt"]
+    with pytest.raises(PoisonStoreError, match=r"contradicts .* \['method'\]"):
+        load_poison(tmp_path / "p", expected=info)
+    save_poison(tmp_path / "p", -delta, torch.arange(40), _meta(info, method="new"))
+    assert load_poison(tmp_path / "p", expected=info).meta["method"] == "new"
+
+
+def _small_store(directory: Path) -> Path:
+    """A valid 4-sample poison store without data behind it (for format checks)."""
+    meta = {
+        "method": "test",
+        "norm": "linf",
+        "eps": 0.5,
+        "dataset": "none",
+        "split": "train",
+        "num_samples": 4,
+        "image_shape": [1, 2, 2],
+        "fingerprint": "0" * 64,
+        "seed": 0,
+        "poison_ratio": 1.0,
+        "params": {"steps": [1, 2]},
+        "info": {"accuracy": float("nan")},  # NaN survives the meta.json round trip
+    }
+    return save_poison(directory, torch.full((4, 1, 2, 2), 0.25), torch.arange(4), meta)
+
+
+def test_meta_json_must_agree_with_poison_pt(tmp_path: Path) -> None:
+    path = _small_store(tmp_path / "p")
+    meta_file = path.parent / "meta.json"
+    assert load_poison(path.parent).meta["eps"] == 0.5  # as written: they agree
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**meta, "eps": 0.75, "seed": 3, "extra": 1}))
+    with pytest.raises(PoisonStoreError) as err:
+        load_poison(path)
+    message = str(err.value)
+    assert str(meta_file) in message and str(path) in message and "\n" not in message
+    assert "3 keys ['eps', 'extra', 'seed']" in message
+    assert "eps is 0.5 in poison.pt, 0.75 in meta.json" in message
+    meta_file.write_text('{"method": "test", ')  # cut short
+    with pytest.raises(PoisonStoreError, match=r"meta.json' is not valid JSON \(Expecting"):
+        load_poison(path.parent)
+    meta_file.write_text("[1, 2]")
+    with pytest.raises(PoisonStoreError, match="holds a list, not the meta dict"):
+        load_poison(path.parent)
+    meta_file.unlink()  # the meta inside poison.pt is authoritative
+    assert load_poison(path.parent).meta["params"] == {"steps": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("empty", r"is empty \(0 bytes\)"),
+        ("truncated", r"truncated or not a torch file \(\d+ bytes, a zip archive without"),
+        ("random", r"truncated or not a torch file \(4096 bytes, not the zip archive"),
+        ("json", r"truncated or not a torch file \(\d+ bytes, not the zip archive"),
+        ("text", r"truncated or not a torch file \(\d+ bytes, not the zip archive"),
+    ],
+)
+def test_unreadable_poison_files_give_one_line(tmp_path: Path, case: str, expected: str) -> None:
+    real = _small_store(tmp_path / "real").read_bytes()
+    contents = {
+        "empty": b"",
+        "truncated": real[: len(real) // 2],
+        "random": np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        "json": (tmp_path / "real" / "meta.json").read_bytes(),  # a meta.json renamed
+        "text": b"hello world\n",
+    }
+    file = tmp_path / "bad" / "poison.pt"
+    file.parent.mkdir()
+    file.write_bytes(contents[case])
+    with pytest.raises(PoisonStoreError, match=expected) as err:
+        load_poison(file.parent)
+    assert f"'{file}'" in str(err.value) and "\n" not in str(err.value)
+    assert os.path.getsize(file) == len(contents[case])  # never modified

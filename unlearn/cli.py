@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NoReturn
 
+import yaml
+from jsonargparse import ArgumentParser, get_loader, set_loader
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import unlearn
 from unlearn.data import BaseDataModule
-from unlearn.errors import UnlearnError
+from unlearn.errors import ConfigError, exit_usage, input_error_in, one_line
 from unlearn.io import write_json_atomic
+from unlearn.resume import keep_last_checkpoints
 from unlearn.tasks import BaseTask
 
 #: subcommands that are not LightningCLI's, as "module:function" taking the remaining args
@@ -43,6 +50,11 @@ class UnlearnCLI(LightningCLI):
     linked to it, so the run's logs land in ``{default_root_dir}/{name}/version_N``, and with
     them the checkpoints, ``sal.csv`` and ``metrics.json``. TensorBoard's placeholder
     ``hp_metric`` (a constant -1 in every run) is turned off.
+
+    Every full checkpoint callback whose ``save_last`` is unset, Lightning's default one
+    included, keeps ``checkpoints/last.ckpt`` (:func:`unlearn.resume.keep_last_checkpoints`):
+    the same command with ``--ckpt_path=last`` and a fixed logger ``version`` resumes a
+    killed run, and reproduces the uninterrupted one (:mod:`unlearn.resume`).
     """
 
     def before_instantiate_classes(self) -> None:
@@ -68,6 +80,12 @@ class UnlearnCLI(LightningCLI):
             default=False,
             help="after fit, test the final weights and write metrics.json in the log dir",
         )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, each of its full checkpoint callbacks keeping ``last.ckpt``."""
+        trainer = super().instantiate_trainer(**kwargs)
+        keep_last_checkpoints(trainer)
+        return trainer
 
     def before_fit(self) -> None:
         """Start the clock of the run."""
@@ -122,7 +140,13 @@ def _overview() -> str:
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of ``python -m unlearn`` and the ``unlearn`` console script."""
+    """Entry point of ``python -m unlearn`` and the ``unlearn`` console script.
+
+    Bad input exits 2 with one line ``unlearn SUB: error: MESSAGE`` on stderr: an
+    :class:`~unlearn.errors.UnlearnError`, also one raised by a class's ``__init__`` while
+    jsonargparse builds it, a parse error of an option or a config file (see
+    :func:`parse_errors_raise`) and invalid YAML in a config file (:func:`name_config_files`).
+    """
     argv = list(sys.argv[1:] if args is None else args)
     if not argv or argv[0] in ("-h", "--help"):
         print(_overview())
@@ -136,10 +160,71 @@ def main(args: Sequence[str] | None = None) -> None:
         run, run_args = getattr(importlib.import_module(module_name), function), argv[1:]
     else:
         run, run_args = run_lightning, argv
+    name_config_files()
     try:
-        run(run_args)
-    except UnlearnError as err:
-        sys.exit(f"unlearn {argv[0]}: error: {err}")
+        with parse_errors_raise():
+            run(run_args)
+    except Exception as err:  # re-raised unless an input check is at its root
+        found = input_error_in(err)
+        if found is None:
+            raise
+        exit_usage(argv[0], found)
+
+
+@contextmanager
+def parse_errors_raise() -> Iterator[None]:
+    """Within the block, jsonargparse's parse errors raise :class:`ConfigError` (one line).
+
+    jsonargparse prints a parser's usage (some 60 lines for ``fit``) and a nested message,
+    then exits 2; here its message is condensed by :func:`~unlearn.errors.one_line` (the
+    field's dotted name and the reason) for :func:`main` to print. Parsers built with
+    ``exit_on_error=False`` raise their ``ArgumentError`` as before.
+    """
+    original = ArgumentParser.error
+
+    def error(self: ArgumentParser, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            original(self, message, ex)
+        raise ConfigError(one_line(message)) from None
+
+    ArgumentParser.error = error  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ArgumentParser.error = original  # type: ignore[method-assign]
+
+
+def _yaml_error_text(err: yaml.YAMLError) -> str:
+    """``problem (line L, column C) while context`` of a YAML error (1-based place)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    place = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    context = getattr(err, "context", None)
+    return f"{problem}{place}" + (f" {context}" if context else "")
+
+
+def name_config_files() -> None:
+    """Make invalid YAML in a config file an error naming the file (once per process).
+
+    jsonargparse's YAML loader reports ``in "<unicode string>"``: it is given the file's
+    text. The loader installed here gets the file's path too (jsonargparse passes it to
+    loaders that take a ``path``) and raises :class:`ConfigError` with it; a value on the
+    command line (no path) raises the YAML error as before, which jsonargparse handles.
+    """
+    current = get_loader("yaml")
+    if getattr(current, "names_config_files", False):
+        return
+
+    def load(value: str, path: str | os.PathLike = "") -> Any:
+        try:
+            return current(value)
+        except yaml.YAMLError as err:
+            if not str(path):
+                raise
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_error_text(err)}") from None
+
+    load.names_config_files = True  # type: ignore[attr-defined]
+    set_loader("yaml", load, (yaml.YAMLError,))
 
 
 def run_lightning(

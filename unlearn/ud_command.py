@@ -23,6 +23,10 @@ Diverged runs: a poisoned file with a ``nan`` or ``inf`` SAL gets no UD. Its row
 step and layers), a warning line names the file, the epoch and the layers, and the command
 exits 1 after printing every row. A clean file with a non-finite value is refused.
 
+Lengths: without ``--checkpoints``, a poisoned run with another number of checkpoints than
+the clean run is scored over all of each (#LP is a mean per checkpoint), and a warning line
+names both files and both counts; ``--checkpoints T`` compares the first ``T`` of each.
+
 Exit codes: 0 all rows scored; 1 some poisoned run diverged (the table is complete);
 2 refused input (a one-line message naming the file: unreadable or non-finite clean file,
 different layers, tasks or settings, too few checkpoints).
@@ -39,15 +43,13 @@ from typing import Any
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from unlearn.errors import UnlearnError
+from unlearn.errors import ConfigError, UnlearnError, check_number, exit_usage
 from unlearn.io import write_text_atomic
 from unlearn.sharpness.sidecar import read_sidecar, require_same_settings, unchecked_note
 from unlearn.sharpness.ud import SalDivergedError, SalTable, SalTableError, sal_tasks, ud
 
 #: Exit code where a poisoned run diverged (every row is still printed).
 EXIT_DIVERGED = 1
-#: Exit code of refused input.
-EXIT_USAGE = 2
 #: The key of a diverged run's row (the place of its UD values).
 DIVERGED = "diverged"
 
@@ -134,6 +136,25 @@ def check_settings(
             require_same_settings(settings, path, reference, clean)
 
 
+def check_lengths(
+    clean: SalTable, table: SalTable, checkpoints: int | None, warn: Callable[[str], None]
+) -> None:
+    """Say where UD compares runs of different numbers of checkpoints (all of each, no ``T``).
+
+    #LP is a mean over each run's own checkpoints, so runs of different lengths still give a
+    number, but it compares a whole training with part of another; ``--checkpoints T`` pairs
+    the first ``T`` of each.
+    """
+    theirs, ours = len(clean.checkpoints), len(table.checkpoints)
+    if checkpoints is None and theirs != ours:
+        task = "" if table.task is None else f" (task {table.task})"
+        warn(
+            f"{clean.source} has {theirs} checkpoints, {table.source}{task} {ours}: UD compares "
+            f"the mean #LP over different training lengths; --checkpoints {min(theirs, ours)} "
+            "compares the first checkpoints of each"
+        )
+
+
 def _diverged_row(err: SalDivergedError, clean: str, checkpoints: int) -> dict[str, Any]:
     """The row of a poisoned run (or task) that diverged: no UD, where it diverged."""
     found = err.divergence
@@ -186,6 +207,7 @@ def run(
             references, tables = SalTable.read_tasks(clean), SalTable.read_tasks(path)
             pairs = [(references[t], tables[t]) for t in clean_tasks]
         for reference, table in pairs:
+            check_lengths(reference, table, checkpoints, warn)
             try:
                 rows.append(ud(reference, table, t=checkpoints))
             except SalDivergedError as err:
@@ -198,15 +220,17 @@ def run(
 def main(args: Sequence[str] | None = None) -> list[dict]:
     """Entry point of ``python -m unlearn ud`` (``args`` without the subcommand name).
 
-    Exits with :data:`EXIT_USAGE` on refused input (one line on stderr) and with
+    Exits with :data:`unlearn.errors.EXIT_USAGE` on refused input (one line on stderr) and with
     :data:`EXIT_DIVERGED` after the table where a poisoned run diverged.
     """
     cfg = build_parser().parse_args(list(args) if args is not None else None)
     try:
+        check_number("", "--checkpoints", cfg.checkpoints, minimum=1)
+        if cfg.json is not None and Path(cfg.json).is_dir():
+            raise ConfigError(f"--json: '{cfg.json}' is a directory; expected a file to write")
         rows = run(cfg.clean, cfg.poisoned, cfg.checkpoints)
     except UnlearnError as err:
-        print(f"unlearn ud: error: {err}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        exit_usage("ud", err)
     print(format_table(rows))
     if cfg.json is not None:
         _write_json(Path(cfg.json), rows)

@@ -9,7 +9,6 @@ request and the runner how to launch a cell that spans several processes.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,14 +16,9 @@ from jsonargparse import ArgumentParser, Namespace
 
 from unlearn.benchmark.grid import CLEAN, Cell, Layout
 from unlearn.cli import UnlearnCLI, run_lightning
-from unlearn.errors import UnlearnError
+from unlearn.errors import UnlearnError, one_line
 from unlearn.models import MODELS
 from unlearn.poisons.command import build_parser as poison_parser
-
-#: characters of a parser's reason kept in the one-line message
-_REASON_CHARS = 240
-#: lines of a jsonargparse error that only say where the real reason is
-_STRUCTURE = ("Does not validate", "Subtypes:", "Errors:", "Given value", "Problem with given")
 
 
 @dataclass(frozen=True)
@@ -65,36 +59,6 @@ def _device_count(devices: Any) -> int:
             return max(1, len([d for d in text.split(",") if d.strip()]))
         devices = int(text) if text.lstrip("-").isdigit() else 1
     return devices if isinstance(devices, int) and devices > 0 else 1
-
-
-def one_line(error: Exception) -> str:
-    """``field 'a.init_args.b': reason`` from a (nested, multi-line) jsonargparse error."""
-    keys: list[str] = []
-    nested = False
-    reason = ""
-    for raw in str(error).splitlines():
-        line = raw.strip().removeprefix("- ").strip()
-        match = re.match(r'Parser key "([^"]+)":\s*(.*)', line)
-        if match:
-            keys += ["init_args", match.group(1)] if nested and keys else [match.group(1)]
-            nested = False
-            if match.group(2):
-                reason = match.group(2)
-                break
-            continue
-        if line.startswith("Problem with given class_path"):
-            nested = True
-            continue
-        if line and not line.startswith(_STRUCTURE):
-            reason = line
-            break
-    reason = reason or str(error).strip().splitlines()[0]
-    unknown = re.match(r"Expected a dot import path string: (\S+)$", reason)
-    if unknown:  # how jsonargparse says that no class has that name
-        reason = f"unknown class '{unknown.group(1)}' (neither a known name nor an import path)"
-    if len(reason) > _REASON_CHARS:
-        reason = reason[: _REASON_CHARS - 3] + "..."
-    return f"field '{'.'.join(keys)}': {reason}" if keys else reason
 
 
 class _ParserBuilt(Exception):

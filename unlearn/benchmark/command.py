@@ -4,9 +4,11 @@ A run of the whole grid, a SLURM array task (``--run_cell N``, ``--run_poison N`
 script (``--dry_run``) and the report (``--report_only``) all start here.
 
 Exit codes: 0 when every cell ran or had finished earlier; 1 when a cell (or the one poison
-or cell asked for) failed, after the others ran; 2 when another runner holds the output
-directory, the cell or the poison; 130/143/129 after Ctrl-C, SIGTERM or SIGHUP (rerun the
-same command to resume).
+or cell asked for) failed, after the others ran; 2 when the spec or a config it names is
+refused (before anything is written) or another runner holds the output directory, the cell
+or the poison (:class:`~unlearn.benchmark.lock.LockHeld`, an input error that
+:func:`unlearn.cli.main` reports in one line); 130/143/129 after Ctrl-C, SIGTERM or SIGHUP
+(rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -21,14 +23,10 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespac
 
 from unlearn.benchmark.check import GridCheck
 from unlearn.benchmark.grid import BenchmarkSpec, Layout, SlurmSpec
-from unlearn.benchmark.lock import LockHeld
 from unlearn.benchmark.report import write_report
 from unlearn.benchmark.runner import FAILED, Runner
 from unlearn.benchmark.slurm import write_dry_run
-from unlearn.errors import UnlearnError
-
-#: exit code when another runner holds the lock
-EXIT_LOCKED = 2
+from unlearn.errors import UnlearnError, check_number
 
 
 def build_parser() -> ArgumentParser:
@@ -81,15 +79,13 @@ def main(args: Sequence[str] | None = None) -> None:
     modes = [m for m in ("dry_run", "report_only", "run_cell", "run_poison") if cfg[m]]
     if len(modes) > 1:
         raise UnlearnError(f"benchmark: choose one of --{' / --'.join(modes)}")
+    check_number("", "--cell_timeout", cfg.cell_timeout, above=0)
     spec = spec_from(cfg)
     spec.check()
     root = Path(cfg.output_dir or Path("runs") / "benchmark" / spec.name)
     layout = Layout(root, spec)
     try:
         _run(cfg, layout)
-    except LockHeld as err:
-        print(f"unlearn benchmark: error: {err}", file=sys.stderr)
-        sys.exit(EXIT_LOCKED)
     except KeyboardInterrupt:
         print("unlearn benchmark: interrupted; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
@@ -119,6 +115,7 @@ def _run(cfg: Namespace, layout: Layout) -> None:
         return
     failed = 0
     if not cfg.report_only:
+        runner.check.check(layout.cells())  # bad configs stop here, before the lock file
         print(f"benchmark '{layout.spec.name}': {len(layout.cells())} cells in {layout.root}")
         counts = runner.run()
         failed = counts[FAILED]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from unlearn.errors import UnlearnError
 CLEAN = "clean"
 #: the defense name that means "no defense"
 NO_DEFENSE = "none"
+#: what a name of the grid (data, method, model, defense, the benchmark's) may be made of
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass
@@ -79,6 +82,20 @@ class BenchmarkSpec:
         for key in ("methods", "models", "defenses", "seeds"):
             if not getattr(self, key):
                 raise UnlearnError(f"benchmark: '{key}' is empty")
+        named = {"name": [self.name], "train_configs": list(self.train_configs)}
+        named |= {"methods": self.methods, "models": self.models, "defenses": list(self.defenses)}
+        for key, names in named.items():
+            for name in names:
+                if not isinstance(name, str) or not NAME_PATTERN.match(name) or "__" in name:
+                    raise UnlearnError(
+                        f"benchmark: {key}: name {name!r} may only use letters, digits and "
+                        "single '_', '.' or '-' (it names directories; '__' separates the "
+                        "keys of a cell's id)"
+                    )
+            if len(set(names)) != len(names):
+                raise UnlearnError(f"benchmark: '{key}' names one entry twice: {names}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise UnlearnError(f"benchmark: 'seeds' names one seed twice: {self.seeds}")
         if CLEAN not in self.methods:
             raise UnlearnError(
                 f"benchmark: 'methods' must include '{CLEAN}', the reference UD is measured "

@@ -33,8 +33,10 @@ logs and writes. The computation uses
 the model, its gradients and the random streams as they were, and so does not change the
 training.
 
-A ``reference`` measured with other settings (its ``sal.json``) is refused before training;
-one without a ``sal.json`` is taken with a warning. A SAL that is ``nan`` or ``inf`` (the
+A ``reference`` that is missing, unreadable, not finite or measured with other settings
+(its ``sal.json``) is refused when the callback is built, before the run writes anything;
+one whose layers differ from the model's when the fit starts; one without a ``sal.json`` is
+taken with a warning. A SAL that is ``nan`` or ``inf`` (the
 training diverged) is written as such, warned about, and neither crashes nor stops the fit;
 no count, UD or ratio is logged for it, and no non-finite value is ever logged.
 
@@ -53,7 +55,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import Dataset
 
-from unlearn.errors import UnlearnError
+from unlearn.errors import UnlearnError, check_number
 from unlearn.sharpness.checkpoint_metrics import CheckpointReport
 from unlearn.sharpness.monitor import ProbeSettings, SalMonitor, SalWarning
 from unlearn.sharpness.plots import sal_heatmap, task_similarity_figure
@@ -136,20 +138,19 @@ class SharpnessCallback(Callback):
         target_key: str = "label",
     ) -> None:
         super().__init__()
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        check_number("SharpnessCallback", "every_n_epochs", every_n_epochs, minimum=1)
         self.every_n_epochs = every_n_epochs
         self.filename = filename
         self.dirpath = Path(dirpath) if dirpath is not None else None
-        probe = ProbeSettings(
-            size=probe_size,
-            batch_size=probe_batch_size,
-            seed=seed,
-            input_key=input_key,
-            target_key=target_key,
-        )
-        self.monitor = SalMonitor(
-            settings=SALSettings(
+        try:  # the settings check their own values
+            probe = ProbeSettings(
+                size=probe_size,
+                batch_size=probe_batch_size,
+                seed=seed,
+                input_key=input_key,
+                target_key=target_key,
+            )
+            settings = SALSettings(
                 eps=eps,
                 iters=iters,
                 lr_min=lr_min,
@@ -157,13 +158,24 @@ class SharpnessCallback(Callback):
                 steps_per_iter=steps_per_iter,
                 cache_prefix=cache_prefix,
                 pair_directions=pair_directions,
-            ),
+            )
+        except ValueError as err:
+            raise SharpnessCallbackError(f"SharpnessCallback: {err}") from None
+        self.monitor = SalMonitor(
+            settings=settings,
             probe=probe,
             layers=layers,
             reference=reference,
             first_order=first_order,
         )
+        try:  # read now: a bad file stops the run before it has written anything
+            found = self.monitor.reference
+            if found is not None and found.settings is not None:
+                require_same_settings(self.settings_record(), None, found.settings, found.source)
+        except ValueError as err:
+            raise SharpnessCallbackError(f"SharpnessCallback: {err}") from None
         self._batch_epoch: int | None = None  # epoch of the last training batch seen
+        self._resumed_step: int | None = None  # global step of the checkpoint resumed from
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -180,20 +192,17 @@ class SharpnessCallback(Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Check the layers and settings against the reference; rewrite a resumed run's table.
+        """Check the layers against the reference; rewrite a resumed run's table.
+
+        The reference file itself (readable, finite, measured with these settings) is checked
+        when the callback is built.
 
         Raises:
-            SharpnessCallbackError: A reference that is unreadable or not finite, has other
-                layers or tasks, or records other settings in its ``sal.json``.
-            SalTableNotFoundError: No reference file.
+            SharpnessCallbackError: The reference has other layers or tasks than the model.
         """
+        reference = self.monitor.reference
         try:
-            reference = self.monitor.reference  # read here: a bad file is one line, not a
-            self.monitor.check(pl_module)  # traceback of the config parser
-            if reference is not None and reference.settings is not None:
-                require_same_settings(
-                    self.settings_record(), None, reference.settings, reference.source
-                )
+            self.monitor.check(pl_module)
         except ValueError as err:
             raise SharpnessCallbackError(f"SharpnessCallback: {err}") from None
         if reference is not None and reference.settings is None and trainer.is_global_zero:
@@ -205,6 +214,25 @@ class SharpnessCallback(Callback):
         path = self._path(trainer)  # on every rank: trainer.log_dir is a collective call
         if self.monitor.rows and trainer.is_global_zero:
             self._write(path)
+            self._log_resumed(trainer, pl_module)
+
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Note the global step of the checkpoint a fit resumes from."""
+        self._resumed_step = int(checkpoint.get("global_step", 0))
+
+    def _log_resumed(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Log the SAL of the checkpoint resumed from again, at its step.
+
+        TensorBoard drops what the killed run logged from that step on (:mod:`unlearn.resume`),
+        this checkpoint's SAL included, which was measured before the checkpoint was saved.
+        """
+        step, self._resumed_step = self._resumed_step, None
+        rows = [row for row in self.monitor.rows if row["step"] == step]
+        if rows:
+            self.monitor.probe_pairs(pl_module, lambda: _probe_dataset(trainer))
+            self._log(trainer, self.monitor.report(pl_module, rows, pl_module.device), step)
 
     def on_train_batch_end(
         self,
@@ -280,7 +308,7 @@ def _probe_dataset(trainer: Trainer) -> Dataset:
     """The data module's training samples as the model sees them, without augmentation."""
     datamodule = trainer.datamodule
     if datamodule is None or not hasattr(datamodule, "probe_dataset"):
-        raise ValueError(
+        raise SharpnessCallbackError(
             "SharpnessCallback needs a data module with probe_dataset() (the training "
             "samples as the model sees them, without augmentation)"
         )

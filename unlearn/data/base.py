@@ -11,11 +11,15 @@ from typing import Any
 
 from lightning import LightningDataModule
 
-from unlearn.errors import UnlearnError
+from unlearn.errors import UnlearnError, check_number
 
 
 class DataNotFoundError(UnlearnError, FileNotFoundError):
     """A data set's files are missing; the message says which file and how to get it."""
+
+
+class DataFileError(UnlearnError, ValueError):
+    """A data set's file that is not what it should be (format, shape); the message names it."""
 
 
 def require_files(dataset: str, root: Path, files: list[str], how_to_get: str) -> None:
@@ -142,10 +146,9 @@ class BaseDataModule(LightningDataModule):
         # an explicit dict: Lightning's own frame walk would also take the arguments of an
         # enclosing LightningModule/DataModule __init__ that builds this one
         self.save_hyperparameters(recorded, logger=False)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        owner = type(self).__name__
+        check_number(owner, "batch_size", batch_size, minimum=1)
+        check_number(owner, "num_workers", num_workers, minimum=0)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed

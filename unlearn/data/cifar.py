@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torchvision import datasets
 
-from unlearn.data.base import require_files
+from unlearn.data.base import DataFileError, require_files
 from unlearn.data.classification import ImageClassificationDataModule, crop_and_flip
 from unlearn.data.datasets import TensorImageSource, Transform
 
@@ -32,9 +32,9 @@ def read_cifar_pickles(files: list[Path], label_key: str) -> TensorImageSource:
             data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             target = np.asarray(entry[label_key], dtype=np.int64)
         except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
-            raise ValueError(
+            raise DataFileError(
                 f"{path} is not a CIFAR batch file with 'data' and '{label_key}': {err}"
-            ) from err
+            ) from None
         images.append(data)
         labels.append(target)
     return TensorImageSource(

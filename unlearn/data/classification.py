@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 from unlearn.data.base import BaseDataModule, DatasetInfo
 from unlearn.data.datasets import ImageSource, IndexedImageDataset, PoisonOverlay, Transform
 from unlearn.data.poison_store import load_poison
+from unlearn.errors import ConfigError, check_number
 
 
 class ImageClassificationDataModule(BaseDataModule):
@@ -57,10 +58,9 @@ class ImageClassificationDataModule(BaseDataModule):
         poison_ratio: float = 1.0,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if not 0.0 <= poison_ratio <= 1.0:
-            raise ValueError(f"poison_ratio must be in [0, 1], got {poison_ratio}")
+        owner = type(self).__name__
+        check_number(owner, "val_fraction", val_fraction, minimum=0.0, below=1.0)
+        check_number(owner, "poison_ratio", poison_ratio, minimum=0.0, maximum=1.0)
         self.root = Path(root)
         self.val_fraction = val_fraction
         self.augment = augment
@@ -85,13 +85,20 @@ class ImageClassificationDataModule(BaseDataModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
-        """Download once per node when ``download`` is set."""
+        """Download once per node when ``download`` is set, then read the splits and poison.
+
+        Read here, before the trainer's loggers create the run's directory: a missing or bad
+        file (or poison) stops the run before it has written anything. ``setup`` finds them
+        read (in another process it reads them itself).
+        """
         if self.download:
             self.fetch()
+        self.setup()
 
     def setup(self, stage: str | None = None) -> None:
-        """Read the splits and the poison (once)."""
+        """Read the splits and the poison (once); check the validation split's size."""
         self._read_splits()
+        self._split_indices()
         if self.poison is not None and self._overlay is None:
             self._overlay = self._load_overlay()
 
@@ -119,6 +126,12 @@ class ImageClassificationDataModule(BaseDataModule):
         """Training-split indices ``(fit, validation)``; validation empty if not held out."""
         n = len(self.train_source)
         n_val = round(self.val_fraction * n)
+        if self.val_fraction > 0 and not 0 < n_val < n:
+            raise ConfigError(
+                f"{type(self).__name__}: val_fraction {self.val_fraction} of the {n} training "
+                f"samples holds out {n_val} for validation, leaving {n - n_val} to train on; "
+                "both need at least 1 (or set val_fraction 0 to validate on the test split)"
+            )
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
         return order[n_val:].sort().values, order[:n_val].sort().values
 
@@ -140,6 +153,13 @@ class ImageClassificationDataModule(BaseDataModule):
         indices, delta = stored.indices, stored.delta
         if self.poison_ratio < 1.0:
             keep = round(self.poison_ratio * indices.numel())
+            if keep == 0 and self.poison_ratio > 0:
+                raise ConfigError(
+                    f"{type(self).__name__}: poison_ratio {self.poison_ratio} of the "
+                    f"{indices.numel()} samples of poison '{self.poison}' serves 0 of them "
+                    f"poisoned; use at least {1 / indices.numel():.3g} (or poison_ratio 0 to "
+                    "train on clean data)"
+                )
             generator = torch.Generator().manual_seed(self.seed)
             rows = torch.randperm(indices.numel(), generator=generator)[:keep].sort().values
             indices, delta = indices[rows], delta[rows]

@@ -14,13 +14,43 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from unlearn.errors import UnlearnError
+
 Transform = Callable[[Tensor], Tensor]
+
+#: How a file-backed source fingerprints its clean data (the data modules' ``fingerprint``
+#: option): ``content`` hashes the bytes of every file that defines a sample; ``stat`` only
+#: the file names and byte sizes (no file is read; a same-size replacement goes unnoticed).
+#: The fingerprint string starts with the mode and a colon, e.g. ``"content:9f2c..."``.
+FingerprintMode = Literal["content", "stat"]
+FINGERPRINT_MODES: tuple[str, ...] = ("content", "stat")
+#: bytes read at a time while hashing a file
+_CHUNK = 1 << 20
+
+
+def check_fingerprint_mode(mode: str, owner: str) -> FingerprintMode:
+    """Return ``mode`` if it is one of :data:`FINGERPRINT_MODES`, else raise naming ``owner``."""
+    if mode not in FINGERPRINT_MODES:
+        raise UnlearnError(
+            f"{owner}: fingerprint must be one of {list(FINGERPRINT_MODES)}, got {mode!r}"
+        )
+    return mode  # type: ignore[return-value]
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read once in chunks of 1 MiB."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class TensorImageSource:
@@ -43,6 +73,7 @@ class TensorImageSource:
             )
         self.images = images
         self.labels = labels.long()
+        self._fingerprint: str | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -57,12 +88,14 @@ class TensorImageSource:
         return self.images[i]
 
     def fingerprint(self) -> str:
-        """SHA-256 of the raw pixels and labels, the identity of this clean data."""
-        digest = hashlib.sha256()
-        digest.update(str(tuple(self.images.shape)).encode())
-        digest.update(self.images.contiguous().numpy().tobytes())
-        digest.update(self.labels.numpy().astype("int64").tobytes())
-        return digest.hexdigest()
+        """SHA-256 of the raw pixels and labels (plain hex; computed once, then cached)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            digest.update(str(tuple(self.images.shape)).encode())
+            digest.update(self.images.contiguous().numpy().tobytes())
+            digest.update(self.labels.numpy().astype("int64").tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
 
 class FileImageSource:
@@ -73,6 +106,8 @@ class FileImageSource:
         labels: ``int64`` tensor ``[N]``.
         image_size: ``(H, W)`` every image is resized to.
         channels: 3 for RGB, 1 for grayscale.
+        fingerprint_mode: how :meth:`fingerprint` identifies the data (see
+            :data:`FINGERPRINT_MODES`).
     """
 
     def __init__(
@@ -81,6 +116,7 @@ class FileImageSource:
         labels: Tensor,
         image_size: tuple[int, int],
         channels: int = 3,
+        fingerprint_mode: FingerprintMode = "content",
     ) -> None:
         if len(paths) != labels.shape[0]:
             raise ValueError(f"{len(paths)} paths but {labels.shape[0]} labels")
@@ -88,6 +124,8 @@ class FileImageSource:
         self.labels = labels.long()
         self.size = image_size
         self.channels = channels
+        self.fingerprint_mode = check_fingerprint_mode(fingerprint_mode, "FileImageSource")
+        self._fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -111,14 +149,23 @@ class FileImageSource:
         return array.view(self.size[0], self.size[1], self.channels).permute(2, 0, 1).contiguous()
 
     def fingerprint(self) -> str:
-        """SHA-256 of the relative file names, sizes and labels (cheap; no pixel read)."""
-        digest = hashlib.sha256()
-        digest.update(str(self.image_shape).encode())
-        for path, label in zip(self.paths, self.labels.tolist(), strict=True):
-            digest.update(
-                f"{path.parent.name}/{path.name}:{path.stat().st_size}:{label}\n".encode()
-            )
-        return digest.hexdigest()
+        """``"{mode}:{sha256}"`` of this clean data; computed on the first call, then cached.
+
+        Both modes hash the image shape and, per sample in order, the relative file name
+        (``class/file``) and the label; ``content`` adds the SHA-256 of the file's bytes,
+        ``stat`` its byte size instead (the hash unlearn used before content fingerprints).
+        """
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            digest.update(str(self.image_shape).encode())
+            for path, label in zip(self.paths, self.labels.tolist(), strict=True):
+                name = f"{path.parent.name}/{path.name}"
+                if self.fingerprint_mode == "content":
+                    digest.update(f"{name}:{label}:{file_sha256(path)}\n".encode())
+                else:
+                    digest.update(f"{name}:{path.stat().st_size}:{label}\n".encode())
+            self._fingerprint = f"{self.fingerprint_mode}:{digest.hexdigest()}"
+        return self._fingerprint
 
 
 ImageSource = TensorImageSource | FileImageSource

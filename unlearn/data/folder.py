@@ -6,9 +6,14 @@ from pathlib import Path
 
 import torch
 
-from unlearn.data.base import DataNotFoundError
+from unlearn.data.base import DataFileError, DataNotFoundError
 from unlearn.data.classification import ImageClassificationDataModule, crop_and_flip
-from unlearn.data.datasets import FileImageSource, Transform
+from unlearn.data.datasets import (
+    FileImageSource,
+    FingerprintMode,
+    Transform,
+    check_fingerprint_mode,
+)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -27,16 +32,25 @@ def scan_image_folder(directory: Path) -> tuple[list[Path], list[str], torch.Ten
     classes = sorted(p.name for p in directory.iterdir() if p.is_dir())
     paths: list[Path] = []
     labels: list[int] = []
+    empty: list[Path] = []  # class folders without an image: a class no sample has
     for label, name in enumerate(classes):
         files = sorted(
             p for p in (directory / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
         )
+        if not files:
+            empty.append(directory / name)
         paths.extend(files)
         labels.extend([label] * len(files))
     if not paths:
         raise DataNotFoundError(
             f"ImageFolderDataModule: '{directory}' holds no images in class sub-folders "
             f"(looked for {sorted(IMAGE_SUFFIXES)})."
+        )
+    if empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise DataFileError(
+            f"ImageFolderDataModule: class folder '{empty[0]}'{more} holds no images (looked "
+            f"for {sorted(IMAGE_SUFFIXES)}); add its images or remove the folder"
         )
     return paths, classes, torch.tensor(labels, dtype=torch.long)
 
@@ -54,6 +68,11 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         train_dir: training split's folder under ``root``.
         test_dir: test split's folder under ``root``.
         name: the data set's name recorded in poisons.
+        fingerprint: how the training split is identified to poisons: ``"content"`` (SHA-256
+            of every image file's bytes, names and labels; reads every file once) or
+            ``"stat"`` (file names, byte sizes and labels only: cheap, but a replaced image
+            of the same byte size goes unnoticed). A poison is checked in the mode it was
+            made with.
         **others: see :class:`ImageClassificationDataModule`.
     """
 
@@ -73,10 +92,12 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         augment: bool = True,
         poison: str | Path | None = None,
         poison_ratio: float = 1.0,
+        fingerprint: FingerprintMode = "content",
     ) -> None:
         super().__init__(
             root, batch_size, num_workers, val_fraction, seed, augment, False, poison, poison_ratio
         )
+        self.fingerprint_mode = check_fingerprint_mode(fingerprint, "ImageFolderDataModule")
         self.num_classes = num_classes
         self.image_shape = (channels, image_size, image_size)
         self.name = name
@@ -90,18 +111,20 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         paths, classes, labels = scan_image_folder(directory)
         if self._classes is None:
             if len(classes) != self.num_classes:
-                raise ValueError(
+                raise DataFileError(
                     f"ImageFolderDataModule: num_classes is {self.num_classes} but '{directory}' "
                     f"has {len(classes)} class folders"
                 )
             self._classes = classes
         elif classes != self._classes:
             missing = sorted(set(self._classes) ^ set(classes))
-            raise ValueError(
+            raise DataFileError(
                 f"ImageFolderDataModule: '{directory}' has other class folders than the training "
                 f"split (differing: {missing[:5]})"
             )
-        return FileImageSource(paths, labels, self.image_shape[1:], self.image_shape[0])
+        return FileImageSource(
+            paths, labels, self.image_shape[1:], self.image_shape[0], self.fingerprint_mode
+        )
 
     def train_augmentation(self) -> Transform:
         """Random crop with 1/8 padding and horizontal flip."""

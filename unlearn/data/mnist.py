@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torchvision import datasets
 
-from unlearn.data.base import DataNotFoundError
+from unlearn.data.base import DataFileError, DataNotFoundError
 from unlearn.data.classification import ImageClassificationDataModule
 from unlearn.data.datasets import TensorImageSource
 
@@ -24,15 +24,18 @@ _IDX_TYPES = {0x08: np.uint8}
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (``.gz`` or plain) of unsigned bytes into an array of its shape."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
+        raise DataFileError(f"{path}: cannot be read as an IDX file ({err})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
-        raise ValueError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
+        raise DataFileError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says shape {shape} but holds {body.size} values")
+        raise DataFileError(f"{path}: header says shape {shape} but holds {body.size} values")
     return body.reshape(shape)
 
 
@@ -74,7 +77,7 @@ class MNISTDataModule(ImageClassificationDataModule):
         images = read_idx(self._find(f"{prefix}-images-idx3-ubyte"))
         labels = read_idx(self._find(f"{prefix}-labels-idx1-ubyte"))
         if images.ndim != 3 or labels.shape != (images.shape[0],):
-            raise ValueError(
+            raise DataFileError(
                 f"{type(self).__name__} {prefix}: images {images.shape} and labels "
                 f"{labels.shape} do not match"
             )

@@ -17,7 +17,14 @@ methods (:mod:`unlearn.poisons`) write it. :mod:`unlearn.poisons.store` re-expor
 
 ``meta.json`` holds at least ``method``, ``norm`` (``linf``/``l2``/``l0``), ``eps``,
 ``dataset``, ``split``, ``num_samples``, ``image_shape``, ``fingerprint``, ``seed``,
-``poison_ratio``, ``version`` and ``params`` (the method's settings).
+``poison_ratio``, ``version`` and ``params`` (the method's settings). The meta inside
+``poison.pt`` is authoritative; :func:`load_poison` refuses a ``meta.json`` beside it that
+says otherwise (a missing ``meta.json`` is allowed).
+
+``fingerprint`` is the data source's (``unlearn.data.datasets``): plain hex for in-memory
+data (a hash of the pixels), ``"content:<hex>"`` or ``"stat:<hex>"`` for file-backed data.
+A plain hex fingerprint of file-backed data was written before the modes existed; it is the
+``stat`` hash and is accepted by a data module in ``stat`` mode.
 
 The budget is checked on the stored float16 values: :func:`quantize_delta` rounds to float16
 so that the rounded perturbation still satisfies the budget exactly.
@@ -37,6 +44,7 @@ import torch
 from torch import Tensor
 
 from unlearn.data.base import DatasetInfo
+from unlearn.data.datasets import FINGERPRINT_MODES
 from unlearn.errors import UnlearnError
 from unlearn.io import atomic_path, write_json_atomic
 
@@ -179,7 +187,7 @@ def save_poison(
     so a reader sees either the old or the new file, never a partial one. ``meta.json`` is
     replaced first, ``poison.pt`` last: a ``poison.pt`` (what :func:`load_poison` reads; it
     holds the meta too) is only ever beside the ``meta.json`` of the same poison, or of a
-    newer one being written.
+    newer one being written (which :func:`load_poison` refuses as a contradiction).
 
     Args:
         directory: the store's directory (created if missing).
@@ -215,29 +223,58 @@ def save_poison(
         "meta": meta,
     }
     write_json_atomic(directory / META_FILE, meta)
+    # a failure from here on leaves the new meta.json beside the old poison.pt, which
+    # load_poison refuses until the poison is written again
     with atomic_path(directory / POISON_FILE) as tmp:
         torch.save(payload, tmp)
     return directory / POISON_FILE
 
 
 # ---------------------------------------------------------------------------- load
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message (its type if it has none)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    unsupported = [line for line in lines if "Unsupported global" in line]
+    line = (unsupported or lines or [type(err).__name__])[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def _read(file: Path) -> dict[str, Any]:
     if not file.is_file():
         raise PoisonStoreError(
             f"poison store: '{file}' not found (expected a directory holding {POISON_FILE} and "
             f"{META_FILE}, as written by `python -m unlearn poison`)"
         )
+    size = file.stat().st_size
+    if size == 0:
+        raise PoisonStoreError(
+            f"poison store: '{file}' is empty (0 bytes); remake the poison "
+            "(`python -m unlearn poison ... --overwrite`)"
+        )
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except MemoryError:
+        raise
+    except Exception as err:  # any parser failure of an untrusted file is reported
+        if not zipfile.is_zipfile(file):
+            with open(file, "rb") as handle:
+                head = handle.read(16)
+            what = (
+                "a zip archive without its end, as a cut-short copy leaves"
+                if head.startswith(b"PK\x03\x04")
+                else f"not the zip archive torch.save writes; starts with {head!r}"
+            )
+            raise PoisonStoreError(
+                f"poison store: '{file}' is truncated or not a torch file ({size} bytes, {what})"
+            ) from None
+        if isinstance(err, pickle.UnpicklingError):
+            raise PoisonStoreError(
+                f"poison store: '{file}' holds objects other than tensors and plain values; "
+                f"refused (loading it could run arbitrary code). Detail: {_first_line(err)}"
+            ) from None
         raise PoisonStoreError(
-            f"poison store: '{file}' holds objects other than tensors and plain values; "
-            f"refused (loading it could run arbitrary code). Detail: {str(err).splitlines()[0]}"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise PoisonStoreError(
-            f"poison store: '{file}' is truncated or not a torch file "
-            f"({file.stat().st_size} bytes; {str(err).splitlines()[0]})"
+            f"poison store: '{file}' is truncated or not a torch file ({size} bytes; "
+            f"{_first_line(err)})"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise PoisonStoreError(
@@ -247,19 +284,102 @@ def _read(file: Path) -> dict[str, Any]:
     return payload
 
 
+def _canonical(value: Any) -> str:
+    """A meta value as sorted-key JSON text (NaN compares equal to NaN; tuples to lists)."""
+    return json.dumps(value, sort_keys=True)
+
+
+def _check_meta_file(file: Path, meta: dict[str, Any]) -> None:
+    """Refuse a ``meta.json`` beside ``file`` that is unreadable or differs from ``meta``."""
+    meta_file = file.parent / META_FILE
+    if not meta_file.is_file():
+        return  # the meta inside poison.pt is authoritative; meta.json is a readable copy
+    try:
+        on_disk = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PoisonStoreError(
+            f"poison store: '{meta_file}' is not valid JSON ({_first_line(err)}); it should be "
+            f"a copy of the meta inside '{file}' (remake the poison, or delete the file)"
+        ) from None
+    if not isinstance(on_disk, dict):
+        raise PoisonStoreError(
+            f"poison store: '{meta_file}' holds a {type(on_disk).__name__}, not the meta dict "
+            f"of '{file}'"
+        )
+    absent = "<absent>"
+    differing = sorted(
+        key
+        for key in set(meta) | set(on_disk)
+        if key not in meta
+        or key not in on_disk
+        or _canonical(meta[key]) != _canonical(on_disk[key])
+    )
+    if differing:
+        first = differing[0]
+
+        def shown(source: dict[str, Any]) -> str:
+            text = _canonical(source[first]) if first in source else absent
+            return text if len(text) <= 60 else text[:57] + "..."
+
+        raise PoisonStoreError(
+            f"poison store: '{meta_file}' contradicts the meta inside '{file}' in "
+            f"{len(differing)} keys {differing[:5]} (first: {first} is {shown(meta)} in "
+            f"{POISON_FILE}, {shown(on_disk)} in {META_FILE}); an interrupted or foreign write "
+            "left them apart: remake the poison"
+        )
+
+
+def _fingerprint_mode(fingerprint: object) -> str | None:
+    """``content``/``stat`` for a file-backed data fingerprint, ``None`` for plain hex."""
+    if not isinstance(fingerprint, str):
+        return None
+    mode, sep, _ = fingerprint.partition(":")
+    return mode if sep and mode in FINGERPRINT_MODES else None
+
+
+def _fingerprint_difference(want: str, found: object) -> str | None:
+    """Why a stored fingerprint does not fit the data's, or ``None`` if it does."""
+    if found == want:
+        return None
+    want_mode, found_mode = _fingerprint_mode(want), _fingerprint_mode(found)
+    option = "the data module's `fingerprint` init argument (--data.init_args.fingerprint)"
+    if want_mode is not None and found_mode is None and isinstance(found, str):
+        # a store from before the modes: its plain hex is the stat hash
+        if want_mode == "stat":
+            if found == want.partition(":")[2]:
+                return None
+            return (
+                f"fingerprint: expected {want!r}, found {found!r} (a stat hash from before "
+                "fingerprint modes existed: file names, sizes or labels differ)"
+            )
+        return (
+            f"fingerprint: the poison was made before fingerprint modes existed (plain hash "
+            f"'{found[:12]}...' of file names and sizes only) and this data module uses "
+            f"'{want_mode}'; set {option} to 'stat' to check it that way, or remake the poison"
+        )
+    if want_mode is not None and found_mode is not None and found_mode != want_mode:
+        return (
+            f"fingerprint: the poison was made with fingerprint mode '{found_mode}', this data "
+            f"module uses '{want_mode}'; set {option} to '{found_mode}', or remake the poison"
+        )
+    return f"fingerprint: expected {want!r}, found {found!r}"
+
+
 def _check_against(file: Path, meta: dict[str, Any], expected: DatasetInfo) -> None:
     wanted = {
         "dataset": expected.name,
         "split": expected.split,
         "num_samples": expected.num_samples,
         "image_shape": list(expected.image_shape),
-        "fingerprint": expected.fingerprint,
     }
     differences = [
         f"{key}: expected {want!r}, found {meta.get(key)!r}"
         for key, want in wanted.items()
         if meta.get(key) != want
     ]
+    fingerprint = _fingerprint_difference(expected.fingerprint, meta.get("fingerprint"))
+    if fingerprint is not None:
+        differences.append(fingerprint)
     if differences:
         raise PoisonStoreError(
             f"poison store: '{file}' was made for other data than this data module's training "
@@ -270,9 +390,11 @@ def _check_against(file: Path, meta: dict[str, Any], expected: DatasetInfo) -> N
 def load_poison(path: str | Path, expected: DatasetInfo | None = None) -> StoredPoison:
     """Read and check a poison store.
 
-    Checks the file format (tensors and plain values only), the version, the tensors' dtypes
-    and shapes, the indices, the budget on every sample, and, given ``expected``, that the
-    poison was made for that data (name, split, length, image shape, fingerprint).
+    Checks the file format (tensors and plain values only), the version, that a
+    ``meta.json`` beside the file (if any) holds the same meta, the tensors' dtypes and
+    shapes, the indices, the budget on every sample, and, given ``expected``, that the
+    poison was made for that data (name, split, length, image shape, fingerprint, whose
+    mode must match too).
 
     Args:
         path: the store's directory or its ``poison.pt``.
@@ -295,6 +417,7 @@ def load_poison(path: str | Path, expected: DatasetInfo | None = None) -> Stored
     meta = payload.get("meta")
     if not isinstance(meta, dict):
         raise PoisonStoreError(f"poison store: '{file}' has no 'meta' dict")
+    _check_meta_file(file, meta)
     missing = [key for key in REQUIRED_META if key not in meta]
     if missing:
         raise PoisonStoreError(f"poison store: '{file}' meta lacks {missing}")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.io import loadmat
+from scipy.io.matlab import MatReadError
 from torchvision import datasets
 
-from unlearn.data.base import require_files
+from unlearn.data.base import DataFileError, require_files
 from unlearn.data.classification import ImageClassificationDataModule
 from unlearn.data.datasets import TensorImageSource
 
@@ -42,7 +43,9 @@ class SVHNDataModule(ImageClassificationDataModule):
             mat = loadmat(path)
             images = np.ascontiguousarray(np.transpose(mat["X"], (3, 2, 0, 1)), dtype=np.uint8)
             labels = mat["y"].astype(np.int64).reshape(-1)
-        except (OSError, KeyError, ValueError) as err:
-            raise ValueError(f"{path} is not an SVHN .mat file with 'X' and 'y': {err}") from err
+        except (OSError, KeyError, ValueError, MatReadError) as err:
+            raise DataFileError(
+                f"{path} is not an SVHN .mat file with 'X' and 'y': {err}"
+            ) from None
         labels[labels == 10] = 0
         return TensorImageSource(torch.from_numpy(images), torch.from_numpy(labels))

@@ -36,7 +36,13 @@ from torch.utils.data import Dataset
 
 from unlearn.data.base import DataNotFoundError
 from unlearn.data.classification import ImageClassificationDataModule
-from unlearn.data.datasets import IndexedImageDataset, PoisonOverlay
+from unlearn.data.datasets import (
+    FingerprintMode,
+    IndexedImageDataset,
+    PoisonOverlay,
+    check_fingerprint_mode,
+    file_sha256,
+)
 from unlearn.data.taskonomy_domains import (
     FILE_PATTERN,
     PLACES_CLASSES,
@@ -208,15 +214,26 @@ class TaskonomySource:
         index: the samples.
         image_size: ``(H, W)`` every image is resized to.
         scene_classes: Places indices forming the label set (``None``: all 365).
+        fingerprint_mode: how :meth:`fingerprint` identifies the data (``content`` or
+            ``stat``, see :data:`unlearn.data.datasets.FINGERPRINT_MODES`).
     """
 
+    #: the domains whose files define a sample as poisons see it (image and label)
+    IDENTITY_DOMAINS = ("rgb", "class_scene")
+
     def __init__(
-        self, index: TaskonomyIndex, image_size: tuple[int, int], scene_classes: list[int] | None
+        self,
+        index: TaskonomyIndex,
+        image_size: tuple[int, int],
+        scene_classes: list[int] | None,
+        fingerprint_mode: FingerprintMode = "content",
     ) -> None:
         self.index = index
         self.size = image_size
         self.scene_classes = scene_classes
+        self.fingerprint_mode = check_fingerprint_mode(fingerprint_mode, "TaskonomySource")
         self._labels: Tensor | None = None
+        self._fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -246,12 +263,25 @@ class TaskonomySource:
         return self._labels
 
     def fingerprint(self) -> str:
-        """SHA-256 of the sample keys, rgb/class_scene file sizes and the image size."""
-        digest = hashlib.sha256(f"{self.image_shape}{self.scene_classes}".encode())
-        for key, paths in zip(self.index.keys, self.index.paths, strict=True):
-            sizes = [paths[d].stat().st_size for d in ("rgb", "class_scene") if d in paths]
-            digest.update(f"{key}:{sizes}\n".encode())
-        return digest.hexdigest()
+        """``"{mode}:{sha256}"`` of this clean data; computed on the first call, then cached.
+
+        Both modes hash the image shape, the scene classes and, per sample in order, its key
+        ``(building, point, view)``; for the ``rgb`` and ``class_scene`` files of each sample
+        ``content`` adds the SHA-256 of their bytes, ``stat`` their byte sizes instead (the
+        hash unlearn used before content fingerprints).
+        """
+        if self._fingerprint is None:
+            digest = hashlib.sha256(f"{self.image_shape}{self.scene_classes}".encode())
+            for key, paths in zip(self.index.keys, self.index.paths, strict=True):
+                present = [d for d in self.IDENTITY_DOMAINS if d in paths]
+                if self.fingerprint_mode == "content":
+                    hashes = [f"{d}={file_sha256(paths[d])}" for d in present]
+                    digest.update(f"{key}:{hashes}\n".encode())
+                else:
+                    sizes = [paths[d].stat().st_size for d in present]
+                    digest.update(f"{key}:{sizes}\n".encode())
+            self._fingerprint = f"{self.fingerprint_mode}:{digest.hexdigest()}"
+        return self._fingerprint
 
 
 def flip_sample(sample: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -417,6 +447,10 @@ class TaskonomyDataModule(ImageClassificationDataModule):
         cache: keep decoded samples in memory (for the built-in data).
         synthetic: the built-in synthetic scenes: written to ``root`` first if it has none;
             the buildings and ``scene_classes`` default to theirs.
+        fingerprint: how the training split is identified to poisons: ``"content"`` (SHA-256
+            of each sample's rgb and class_scene files and its key; reads those files once)
+            or ``"stat"`` (keys and byte sizes only: cheap, but a replaced file of the same
+            size goes unnoticed). A poison is checked in the mode it was made with.
     """
 
     name = "taskonomy"
@@ -444,6 +478,7 @@ class TaskonomyDataModule(ImageClassificationDataModule):
         max_samples_per_building: int | None = None,
         cache: bool = False,
         synthetic: bool = False,
+        fingerprint: FingerprintMode = "content",
     ) -> None:
         super().__init__(
             root=root,
@@ -496,6 +531,7 @@ class TaskonomyDataModule(ImageClassificationDataModule):
         self.verify = verify
         self.max_samples_per_building = max_samples_per_building
         self.cache = cache
+        self.fingerprint_mode = check_fingerprint_mode(fingerprint, "TaskonomyDataModule")
         self._indices: dict[str, TaskonomyIndex] = {}
         self._datasets: dict[str, TaskonomyDataset] = {}
 
@@ -543,7 +579,8 @@ class TaskonomyDataModule(ImageClassificationDataModule):
     def load_split(self, train: bool) -> TaskonomySource:
         """The rgb and scene labels of the training (or test) buildings."""
         size = (self.image_size, self.image_size)
-        return TaskonomySource(self.index("train" if train else "test"), size, self.scene_classes)
+        index = self.index("train" if train else "test")
+        return TaskonomySource(index, size, self.scene_classes, self.fingerprint_mode)
 
     def _split_indices(self) -> tuple[Tensor, Tensor]:
         """Every training sample is fit on; validation is the validation buildings."""

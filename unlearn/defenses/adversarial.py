@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from unlearn.defenses.base import Defense
+from unlearn.errors import ConfigError
 from unlearn.loss_types import PerSampleLoss
 from unlearn.pgd import Norm, pgd, project_perturbation, sample_norms
 
@@ -58,7 +59,7 @@ def pgd_attack(
     elif random_start == "none":
         delta = torch.zeros_like(clean)
     else:
-        raise ValueError(f"random_start must be normal, uniform or none, got {random_start!r}")
+        raise ConfigError(f"random_start must be normal, uniform or none, got {random_start!r}")
 
     def gradient(delta: Tensor) -> Tensor:
         delta = delta.detach().requires_grad_(True)
@@ -105,13 +106,13 @@ class AdversarialTraining(Defense):
     ) -> None:
         super().__init__()
         if norm not in ("linf", "l2"):
-            raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+            raise ConfigError(f"norm must be 'linf' or 'l2', got {norm!r}")
         if attack_mode not in ("eval", "train"):
-            raise ValueError(f"attack_mode must be 'eval' or 'train', got {attack_mode!r}")
+            raise ConfigError(f"attack_mode must be 'eval' or 'train', got {attack_mode!r}")
         if random_start not in ("normal", "uniform", "none"):
-            raise ValueError(f"random_start must be normal, uniform or none, got {random_start!r}")
+            raise ConfigError(f"random_start must be normal, uniform or none, got {random_start!r}")
         if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
+            raise ConfigError(f"steps must be >= 0, got {steps}")
         self.epsilon = epsilon if epsilon is not None else (8 / 255 if norm == "linf" else 0.5)
         self.step_size = step_size if step_size is not None else self.epsilon / 4
         self.steps = steps

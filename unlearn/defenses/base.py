@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from unlearn.errors import ConfigError
 from unlearn.loss_types import MeanLoss, PerSampleLoss
 
 
@@ -95,7 +96,7 @@ def apply_defenses(
     for defense in defenses:
         if type(defense).mix is not Defense.mix:
             if num_classes is None:
-                raise ValueError(f"{type(defense).__name__} mixes labels: pass num_classes")
+                raise ConfigError(f"{type(defense).__name__} mixes labels: pass num_classes")
             images, targets = defense.mix(images, targets, num_classes)
     for defense in defenses:
         result = defense.training_loss(model, images, targets, loss_fn, epoch)

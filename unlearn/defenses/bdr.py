@@ -7,6 +7,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 from unlearn.defenses.base import Defense, to_float, to_uint8
+from unlearn.errors import ConfigError
 
 
 class BitDepthReduction(Defense):
@@ -22,7 +23,7 @@ class BitDepthReduction(Defense):
     def __init__(self, bits: int = 2) -> None:
         super().__init__()
         if not 1 <= bits <= 8:
-            raise ValueError(f"bits must be in 1..8, got {bits}")
+            raise ConfigError(f"bits must be in 1..8, got {bits}")
         self.bits = bits
 
     def transform_images(self, images: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 from unlearn.defenses.base import Defense
+from unlearn.errors import ConfigError
 
 
 class GaussianBlur(Defense):
@@ -23,9 +24,9 @@ class GaussianBlur(Defense):
     def __init__(self, kernel_size: int = 3, sigma: float = 0.1) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+            raise ConfigError(f"kernel_size must be odd and positive, got {kernel_size}")
         if sigma <= 0:
-            raise ValueError(f"sigma must be positive, got {sigma}")
+            raise ConfigError(f"sigma must be positive, got {sigma}")
         self.kernel_size = kernel_size
         self.sigma = sigma
 

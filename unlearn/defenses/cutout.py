@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from unlearn.defenses.base import Defense
+from unlearn.errors import ConfigError
 
 
 def cutout_mask(
@@ -52,7 +53,7 @@ class Cutout(Defense):
     def __init__(self, size: int = 16, holes: int = 1, inside: bool = False) -> None:
         super().__init__()
         if size < 1 or holes < 1:
-            raise ValueError(f"size and holes must be >= 1, got size={size}, holes={holes}")
+            raise ConfigError(f"size and holes must be >= 1, got size={size}, holes={holes}")
         self.size = size
         self.holes = holes
         self.inside = inside

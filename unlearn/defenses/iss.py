@@ -11,6 +11,7 @@ from PIL import Image
 from torch import Tensor
 
 from unlearn.defenses.base import Defense, to_float, to_uint8
+from unlearn.errors import ConfigError
 
 
 def _jpeg_round_trip(pixels: Tensor, quality: int) -> Tensor:
@@ -40,9 +41,9 @@ def jpeg(images: Tensor, quality: int) -> Tensor:
         The decoded images, same shape, dtype and device, on the 1/255 grid of ``[0, 1]``.
     """
     if images.shape[-3] not in (1, 3):
-        raise ValueError(f"JPEG needs 1 or 3 channels, got images of shape {tuple(images.shape)}")
+        raise ConfigError(f"JPEG needs 1 or 3 channels, got images of shape {tuple(images.shape)}")
     if not 1 <= quality <= 100:
-        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+        raise ConfigError(f"JPEG quality must be in 1..100, got {quality}")
     flat = to_uint8(images).cpu().reshape(-1, *images.shape[-3:])
     if flat.shape[0] == 0:
         return images.detach().clone()
@@ -63,7 +64,7 @@ def grayscale(images: Tensor) -> Tensor:
     if channels == 1:
         return images
     if channels != 3:
-        raise ValueError(f"grayscale needs 1 or 3 channels, got shape {tuple(images.shape)}")
+        raise ConfigError(f"grayscale needs 1 or 3 channels, got shape {tuple(images.shape)}")
     return TF.rgb_to_grayscale(images, num_output_channels=3)
 
 
@@ -80,7 +81,7 @@ class JPEG(Defense):
     def __init__(self, quality: int = 10) -> None:
         super().__init__()
         if not 1 <= quality <= 100:
-            raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+            raise ConfigError(f"JPEG quality must be in 1..100, got {quality}")
         self.quality = quality
 
     def transform_images(self, images: Tensor) -> Tensor:

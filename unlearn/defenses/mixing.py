@@ -6,6 +6,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from unlearn.defenses.base import Defense
+from unlearn.errors import ConfigError
 
 
 class _BatchMix(Defense):
@@ -16,7 +17,7 @@ class _BatchMix(Defense):
     def __init__(self, alpha: float = 1.0) -> None:
         super().__init__()
         if alpha <= 0:
-            raise ValueError(f"alpha must be positive, got {alpha}")
+            raise ConfigError(f"alpha must be positive, got {alpha}")
         self.alpha = alpha
 
     def _transform(self, num_classes: int) -> v2.Transform:
@@ -29,7 +30,7 @@ class _BatchMix(Defense):
         to 1).
         """
         if targets.ndim != 1 or targets.is_floating_point():
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} needs integer labels [B], got {tuple(targets.shape)} "
                 f"{targets.dtype}: configure at most one mixing defense"
             )

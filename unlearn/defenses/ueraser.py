@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from unlearn.defenses.base import Defense
 from unlearn.defenses.iss import jpeg
+from unlearn.errors import ConfigError
 from unlearn.loss_types import PerSampleLoss
 
 #: kornia's default TrivialAugment policy without its geometric operations (rotate, shear,
@@ -93,7 +94,7 @@ class UEraser(Defense):
     ) -> None:
         super().__init__()
         if repeat_epochs < 0 or num_draws < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"need repeat_epochs >= 0 and num_draws >= 1, got {repeat_epochs}, {num_draws}"
             )
         for name, (low, high) in {
@@ -102,13 +103,13 @@ class UEraser(Defense):
             "contrast_roughness": contrast_roughness,
         }.items():
             if not 0 <= low <= high <= 1:
-                raise ValueError(f"{name} must be a range within [0, 1], got {(low, high)}")
+                raise ConfigError(f"{name} must be a range within [0, 1], got {(low, high)}")
         if not (0 <= plasma_p <= 1 and 0 <= shuffle_p <= 1):
-            raise ValueError(
+            raise ConfigError(
                 f"plasma_p and shuffle_p must be in [0, 1], got {plasma_p}, {shuffle_p}"
             )
         if jpeg_quality is not None and not 1 <= jpeg_quality[0] <= jpeg_quality[1] <= 100:
-            raise ValueError(f"jpeg_quality must be a range within 1..100, got {jpeg_quality}")
+            raise ConfigError(f"jpeg_quality must be a range within 1..100, got {jpeg_quality}")
         self.repeat_epochs = repeat_epochs
         self.num_draws = num_draws
         self.plasma_p = plasma_p

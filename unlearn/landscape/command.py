@@ -237,6 +237,12 @@ def _check(runs: Sequence[RunSpec], cfg: Any) -> None:
         raise UnlearnError(f"runs: names must be unique, got {names}")
     if cfg.probe.batch_size < 1:
         raise UnlearnError(f"probe.batch_size must be >= 1, got {cfg.probe.batch_size}")
+    for key, value in (
+        ("parameters.top_k", cfg.parameters.top_k),
+        ("parameters.max_params", cfg.parameters.max_params),
+    ):
+        if value < 1:
+            raise UnlearnError(f"{key} must be >= 1, got {value}")
     surface = cfg.surface
     if not surface.dims or not set(surface.dims) <= {1, 2}:
         raise UnlearnError(f"surface.dims must be a non-empty subset of [1, 2], got {surface.dims}")
@@ -302,7 +308,24 @@ class Landscape:
                 "probe_samples": sum(int(x.shape[0]) for x, _ in self.batches[spec.name]),
             }
             self._final_metrics(spec, trajectory)
-        # created once every run has loaded, so bad input leaves no empty directory behind
+        # the output directory is made by :meth:`prepare_output`, once the input is checked
+
+    def check_settings(self, surface: SurfaceSettings) -> None:
+        """Refuse settings that do not fit the loaded runs (before anything is written)."""
+        for name, trajectory in self.trajectories.items():
+            index = surface.checkpoint
+            if not -len(trajectory) <= index < len(trajectory):
+                raise UnlearnError(
+                    f"surface.checkpoint {index} is outside run '{name}''s "
+                    f"{len(trajectory)} checkpoints"
+                )
+
+    def prepare_output(self) -> None:
+        """Create the output directory.
+
+        Called once every run has loaded and the input is checked, so that bad input leaves
+        no empty directory behind.
+        """
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
     # -------------------------------------------------------------- shared pieces
@@ -348,13 +371,9 @@ class Landscape:
         alphas = grid_coordinates(settings.span, settings.steps_1d)
         axis = grid_coordinates(settings.span, settings.steps_2d)
         lines, line_accs, planes, plane_accs = {}, {}, {}, {}
+        self.check_settings(settings)
         for name, trajectory in self.trajectories.items():
             index = settings.checkpoint
-            if not -len(trajectory) <= index < len(trajectory):
-                raise UnlearnError(
-                    f"surface.checkpoint {index} is outside run '{name}''s "
-                    f"{len(trajectory)} checkpoints"
-                )
             origin = trajectory.points[index].to(self.device)
             evaluate = self.evaluator(name, trajectory.buffers[index])
             generator = torch.Generator().manual_seed(settings.seed)
@@ -598,6 +617,9 @@ def run_landscape(cfg: Any, init: Any, config_text: str | None = None) -> Landsc
         for name in analyses:
             if name in skipped:
                 raise UnlearnError(f"analyses: '{name}' {skipped[name]}")
+    if "surface" in analyses:
+        landscape.check_settings(init.surface)
+    landscape.prepare_output()
     for name in analyses:
         started = time.perf_counter()
         if name == "surface":

@@ -135,6 +135,11 @@ def load_trajectory(name: str, spec: str | Path) -> tuple[RunTrajectory, nn.Modu
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
             raise UnlearnError(f"{path}: cannot be read as a checkpoint ({err})") from None
+        if not isinstance(checkpoint, dict):
+            raise UnlearnError(
+                f"{path}: not a Lightning checkpoint (holds a {type(checkpoint).__name__}, "
+                "expected a dict with 'state_dict')"
+            )
         records.append((int(checkpoint.get("global_step", 0)), path, checkpoint))
     records.sort(key=lambda r: (r[0], str(r[1])))
     unique: dict[int, tuple[Path, dict[str, Any]]] = {}

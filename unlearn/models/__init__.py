@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from unlearn.errors import ConfigError
 from unlearn.models.resnet import ResNet, ResNet18, resnet18, resnet50, senet18
 from unlearn.models.small import LeNet5, LinearClassifier, SmallCNN
 from unlearn.models.vit import ViT, vit_small
@@ -33,7 +34,7 @@ def build_model(name: str, num_classes: int, image_shape: tuple[int, int, int]) 
     try:
         factory = MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model '{name}'; expected one of {sorted(MODELS)}") from None
+        raise ConfigError(f"unknown model '{name}'; expected one of {sorted(MODELS)}") from None
     return factory(num_classes, tuple(image_shape))
 
 

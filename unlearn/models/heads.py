@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unlearn.errors import ConfigError
 from unlearn.models.resnet import BasicBlock, Bottleneck, ResNet
 from unlearn.models.small import conv_bn_relu
 
@@ -74,7 +75,7 @@ class ResNetEncoder(Encoder):
         elif depth == 50:
             net = ResNet(Bottleneck, (3, 4, 6, 3), 1, in_channels)
         else:
-            raise ValueError(f"ResNetEncoder depth must be 18 or 50, got {depth}")
+            raise ConfigError(f"ResNetEncoder depth must be 18 or 50, got {depth}")
         expansion = 1 if depth == 18 else 4
         self.conv1, self.bn1 = net.conv1, net.bn1
         self.layer1, self.layer2, self.layer3, self.layer4 = (
@@ -103,7 +104,7 @@ def build_encoder(name: str, in_channels: int = 3, width: int = 16) -> Encoder:
         return SmallEncoder(in_channels, width)
     if name in ("resnet18", "resnet50"):
         return ResNetEncoder(int(name[6:]), in_channels)
-    raise ValueError(f"unknown encoder '{name}'; expected one of {list(ENCODERS)}")
+    raise ConfigError(f"unknown encoder '{name}'; expected one of {list(ENCODERS)}")
 
 
 class DenseHead(nn.Module):

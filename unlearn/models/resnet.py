@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from unlearn.errors import ConfigError
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with a residual connection (ResNet-18/34), optional SE gate."""
@@ -102,7 +104,7 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         if width < 1:
-            raise ValueError(f"ResNet width must be a positive number of channels, got {width}")
+            raise ConfigError(f"ResNet width must be a positive number of channels, got {width}")
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         stages = []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from unlearn.errors import ConfigError
+
 
 class Attention(nn.Module):
     """Multi-head self-attention with ``nn.Linear`` projections (so SAL measures them)."""
@@ -12,7 +14,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         if dim % heads:
-            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
+            raise ConfigError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -70,7 +72,7 @@ class ViT(nn.Module):
         super().__init__()
         channels, height, width = image_shape
         if height % patch_size or width % patch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"image size {height}x{width} is not a multiple of patch_size {patch_size}"
             )
         num_patches = (height // patch_size) * (width // patch_size)

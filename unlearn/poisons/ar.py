@@ -25,6 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from unlearn.errors import (
+    ConfigError,
+    UnlearnError,
+    check_choice,
+    require_at_least,
+    require_positive,
+)
 from unlearn.poisons.ar_filters import published_class_counts, published_filters
 from unlearn.poisons.base import PoisonContext, PoisonData, PoisonMethod, PoisonResult
 
@@ -175,6 +182,10 @@ def separability(
     return _weakest_pair(response_matrix(coefficients, signals))[0]
 
 
+class FilterSearchError(UnlearnError, RuntimeError):
+    """No set of drawn filters reached the separability bar within ``max_candidates``."""
+
+
 class AR(PoisonMethod):
     """Autoregressive perturbations: a class-wise process, sample-wise noise, L2 per image.
 
@@ -211,11 +222,12 @@ class AR(PoisonMethod):
         max_candidates: int = 100_000,
         batch_size: int = 4096,
     ) -> None:
+        require_positive("AR", eps=eps, max_rms=max_rms)
+        require_at_least("AR", 0, crop=crop)
+        require_at_least("AR", 1, trials=trials, candidates=candidates)
+        require_at_least("AR", 1, max_candidates=max_candidates, batch_size=batch_size)
+        check_choice("AR", "filters", filters, ("auto", "published", "drawn"))
         super().__init__(eps)
-        if filters not in ("auto", "published", "drawn"):
-            raise ValueError(f"AR: filters must be 'auto', 'published' or 'drawn', got {filters!r}")
-        if trials < 1:
-            raise ValueError(f"AR: trials must be >= 1, got {trials}")
         self.crop = crop
         self.filters = filters
         self.min_separability = min_separability
@@ -247,7 +259,7 @@ class AR(PoisonMethod):
                 "separability": figure,
             }
         if self.filters == "published":
-            raise ValueError(
+            raise ConfigError(
                 f"AR: filters 'published' exist for {list(published_class_counts())} classes, "
                 f"the data has {num_classes}; use filters 'auto' or 'drawn'"
             )
@@ -287,7 +299,7 @@ class AR(PoisonMethod):
         dropped and drawing goes on.
 
         Raises:
-            RuntimeError: no such set within ``max_candidates`` single-channel draws.
+            FilterSearchError: no such set within ``max_candidates`` single-channel draws.
         """
         channels = shape[0]
         pool: list[Tensor] = []
@@ -298,7 +310,7 @@ class AR(PoisonMethod):
             while len(kept) < num_classes:
                 while len(pool) < channels * max(1, self.candidates // 4):
                     if drawn >= self.max_candidates:
-                        raise RuntimeError(
+                        raise FilterSearchError(
                             f"AR: found only {len(kept)} of {num_classes} filters with "
                             f"separability >= {bar:.4g} in {drawn} draws (max_rms "
                             f"{self.max_rms}); lower min_separability or raise max_candidates"

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from unlearn.data.base import DatasetInfo
+from unlearn.errors import UnlearnError
 from unlearn.io import atomic_path
 
 Norm = Literal["linf", "l2", "l0"]
@@ -86,6 +87,10 @@ class PoisonResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+class PoisonStateError(UnlearnError):
+    """A resumable state file that is unreadable or belongs to a run with other settings."""
+
+
 class PoisonContext:
     """What the command lends a method: device, seed, progress bars, resumable state.
 
@@ -94,7 +99,9 @@ class PoisonContext:
     far and the state of ``generator``); a rerun of the same command gets it back from
     :meth:`resume` and continues. All randomness of a method should come from ``generator``
     (and, for model initialisation, the global seed the command sets), so that the same seed
-    gives the same poison, resumed or not.
+    gives the same poison, resumed or not. The command checks the file first
+    (:meth:`check_state`): a state of other settings (another :attr:`state_key`) or an
+    unreadable file is refused, or discarded when the run may start over.
 
     Args:
         device: where to compute.
@@ -120,18 +127,71 @@ class PoisonContext:
         self.checkpoint_interval = checkpoint_interval
         self._last_save = time.monotonic()
         self.state_key: str = ""
+        self._checked: dict[str, Any] | None = None  # the state check_state read
 
     # ------------------------------------------------------------------ resumable state
+    def check_state(self, discard: bool = False) -> bool:
+        """Whether a state of this run's settings is saved; deal with any other file there.
+
+        Args:
+            discard: delete a state file of other settings, or an unreadable one, instead of
+                refusing it (the command's ``--overwrite``).
+
+        Returns:
+            ``True`` where :meth:`resume` will continue from the saved state.
+
+        Raises:
+            PoisonStateError: The file is unreadable (truncated, not a state file) or holds
+                the state of a run with other settings, and ``discard`` is false.
+        """
+        self._checked = None
+        if self.state_path is None or not self.state_path.is_file():
+            return False
+        try:
+            state = self._load_state()
+        except PoisonStateError:
+            if not discard:
+                raise
+            self.state_path.unlink()
+            return False
+        self._checked = state
+        return True
+
+    def _load_state(self) -> dict[str, Any]:
+        """The saved state of this run's settings (raises :class:`PoisonStateError`)."""
+        assert self.state_path is not None
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a truncated or foreign file: any load failure says so
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise PoisonStateError(
+                f"{self.state_path}: not a readable resumable state ({reason}); pass "
+                "--overwrite to start over, or delete the file"
+            ) from None
+        if not isinstance(state, dict) or not {"key", "generator", "method"} <= state.keys():
+            raise PoisonStateError(
+                f"{self.state_path}: not a resumable poison state (expected a dict with "
+                f"'key', 'generator' and 'method', found {type(state).__name__}"
+                f"{' with ' + str(sorted(map(str, state))) if isinstance(state, dict) else ''}); "
+                "pass --overwrite to start over, or delete the file"
+            )
+        if state["key"] != self.state_key:
+            raise PoisonStateError(
+                f"{self.state_path} holds the state of a run with other settings (method, "
+                "parameters, seed, poison_ratio or data); pass --overwrite to start over, or "
+                "choose another --output_dir"
+            )
+        return state
+
     def resume(self) -> dict[str, Any] | None:
-        """The state saved by an interrupted run of the same command, or ``None``."""
+        """The state saved by an interrupted run of the same command, or ``None``.
+
+        Raises:
+            PoisonStateError: As :meth:`check_state` without ``discard``.
+        """
         if self.state_path is None or not self.state_path.is_file():
             return None
-        state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        if state.get("key") != self.state_key:
-            raise RuntimeError(
-                f"{self.state_path} holds the state of a run with other settings; "
-                "pass --overwrite true to start over"
-            )
+        state, self._checked = self._checked or self._load_state(), None
         self.generator.set_state(state["generator"])
         return state["method"]
 

@@ -23,7 +23,8 @@ import inspect
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -34,7 +35,8 @@ from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, DefaultH
 import unlearn
 from unlearn.data import ImageClassificationDataModule
 from unlearn.data.config import data_config, instantiate_config
-from unlearn.data.poison_store import POISON_FILE, PoisonStoreError, StoreExistsError, save_poison
+from unlearn.data.poison_store import POISON_FILE, StoreExistsError, save_poison
+from unlearn.errors import ConfigError, check_number
 from unlearn.io import write_text_atomic
 from unlearn.poisons.base import PoisonContext, PoisonData, PoisonMethod
 
@@ -117,7 +119,8 @@ def build_parser() -> ArgumentParser:
         "--overwrite",
         action=ActionYesNo,
         default=False,
-        help="replace an existing poison and discard saved state",
+        help="replace a finished poison; a saved state of other settings is discarded "
+        "(one of the same settings is resumed)",
     )
     parser.add_argument("--progress", action=ActionYesNo, default=True, help="progress bars")
     parser.add_argument(
@@ -142,8 +145,35 @@ def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA device is available")
+        raise ConfigError("device: 'cuda' was asked for but no CUDA device is available")
     return torch.device(device)
+
+
+def _missing_directories(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, innermost first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+@contextmanager
+def _removed_if_failed(directories: list[Path]) -> Iterator[None]:
+    """Remove ``directories`` (innermost first) if the block raises and they are empty.
+
+    Only what the command created is listed, and ``rmdir`` removes only empty directories:
+    a directory that holds a resumable ``state.pt`` (or anything else) stays.
+    """
+    try:
+        yield
+    except BaseException:
+        for directory in directories:
+            try:
+                directory.rmdir()
+            except OSError:
+                break  # not empty (or gone): its ancestors are not empty either
+        raise
 
 
 def generate_poison(
@@ -167,7 +197,8 @@ def generate_poison(
         seed: seed of the subset, the method's randomness and the surrogate's initialisation.
         poison_ratio: fraction of the training samples to poison, in ``(0, 1]``.
         device: ``auto``, ``cpu`` or ``cuda``.
-        overwrite: replace an existing store and discard saved state.
+        overwrite: replace a finished store; discard a saved state of other settings or an
+            unreadable one (a state of the same settings resumes either way).
         progress: show progress bars.
         checkpoint_interval: seconds between saves of the resumable state.
         config_text: the resolved config, written to ``config.yaml`` beside the store.
@@ -177,8 +208,9 @@ def generate_poison(
     """
     from lightning.fabric.utilities.seed import seed_everything
 
-    if not 0.0 < poison_ratio <= 1.0:
-        raise PoisonStoreError(f"poison_ratio must be in (0, 1], got {poison_ratio}")
+    check_number("", "poison_ratio", poison_ratio, above=0.0, maximum=1.0)
+    check_number("", "checkpoint_interval", checkpoint_interval, minimum=0.0)
+    compute_device = _resolve_device(device)
     output_dir = Path(output_dir)
     state_path = output_dir / STATE_FILE
     if (output_dir / POISON_FILE).exists() and not overwrite:
@@ -186,10 +218,7 @@ def generate_poison(
             f"{output_dir / POISON_FILE} exists; pass --overwrite to replace it or choose "
             "another --output_dir"
         )
-    if overwrite and state_path.exists():
-        state_path.unlink()
     recorded = data_config(data)  # fails before the work if ``data`` cannot be recorded
-    output_dir.mkdir(parents=True, exist_ok=True)
 
     seed_everything(seed, verbose=False)
     info = data.info()
@@ -197,6 +226,11 @@ def generate_poison(
     n = len(labels)
     if poison_ratio < 1.0:
         count = round(poison_ratio * n)
+        if count == 0:
+            raise ConfigError(
+                f"poison_ratio {poison_ratio} of the {n} training samples poisons 0 "
+                f"of them; at least 1 is needed (poison_ratio >= {1 / n:.3g})"
+            )
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         indices = order[:count].sort().values
     else:
@@ -206,9 +240,7 @@ def generate_poison(
     params = method.params()
     budget = method.budget(info.image_shape)
     class_path = f"{type(method).__module__}.{type(method).__qualname__}"
-    context = PoisonContext(
-        _resolve_device(device), seed, state_path, progress, checkpoint_interval
-    )
+    context = PoisonContext(compute_device, seed, state_path, progress, checkpoint_interval)
     key = {
         "class_path": class_path,
         "params": params,
@@ -217,43 +249,47 @@ def generate_poison(
         "fingerprint": info.fingerprint,
     }
     context.state_key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    resumed = state_path.is_file()
-    started = time.perf_counter()
-    result = method.generate(samples, context)
-    seconds = time.perf_counter() - started
-    expected_shape = (len(indices), *info.image_shape)
-    if tuple(result.delta.shape) != expected_shape:
-        raise RuntimeError(
-            f"{type(method).__name__}.generate returned delta of shape "
-            f"{tuple(result.delta.shape)}, expected {expected_shape}"
-        )
-    meta = {
-        "method": type(method).__name__,
-        "class_path": class_path,
-        "params": params,
-        "norm": method.norm,
-        "eps": budget,
-        "dataset": info.name,
-        "split": info.split,
-        "num_samples": info.num_samples,
-        "image_shape": list(info.image_shape),
-        "num_classes": info.num_classes,
-        "fingerprint": info.fingerprint,
-        "seed": seed,
-        "poison_ratio": poison_ratio,
-        "num_poisoned": len(indices),
-        "classwise": result.class_patterns is not None,
-        "generation_seconds": round(seconds, 3),
-        "resumed": resumed,
-        "device": str(context.device),
-        "torch_version": torch.__version__,
-        "unlearn_version": unlearn.__version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        # the data module's class and arguments, so that ``export`` can rebuild it
-        "data": recorded,
-        "info": result.info,
-    }
-    path = save_poison(output_dir, result.delta, indices, meta, result.class_patterns)
+    # a state of these settings resumes, --overwrite or not; any other is refused or discarded
+    resumed = context.check_state(discard=overwrite)
+    created = _missing_directories(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)  # the resumable state goes there
+    with _removed_if_failed(created):  # a failed run leaves no directory it made (bar state)
+        started = time.perf_counter()
+        result = method.generate(samples, context)
+        seconds = time.perf_counter() - started
+        expected_shape = (len(indices), *info.image_shape)
+        if tuple(result.delta.shape) != expected_shape:
+            raise RuntimeError(
+                f"{type(method).__name__}.generate returned delta of shape "
+                f"{tuple(result.delta.shape)}, expected {expected_shape}"
+            )
+        meta = {
+            "method": type(method).__name__,
+            "class_path": class_path,
+            "params": params,
+            "norm": method.norm,
+            "eps": budget,
+            "dataset": info.name,
+            "split": info.split,
+            "num_samples": info.num_samples,
+            "image_shape": list(info.image_shape),
+            "num_classes": info.num_classes,
+            "fingerprint": info.fingerprint,
+            "seed": seed,
+            "poison_ratio": poison_ratio,
+            "num_poisoned": len(indices),
+            "classwise": result.class_patterns is not None,
+            "generation_seconds": round(seconds, 3),
+            "resumed": resumed,
+            "device": str(context.device),
+            "torch_version": torch.__version__,
+            "unlearn_version": unlearn.__version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            # the data module's class and arguments, so that ``export`` can rebuild it
+            "data": recorded,
+            "info": result.info,
+        }
+        path = save_poison(output_dir, result.delta, indices, meta, result.class_patterns)
     if config_text is not None:
         write_text_atomic(output_dir / CONFIG_FILE, config_text)
     if state_path.exists():

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from unlearn.errors import check_choice, check_number, require_at_least, require_positive
+from unlearn.models import MODELS
 from unlearn.poisons.base import PoisonContext, PoisonData, PoisonMethod, PoisonResult
 from unlearn.poisons.pgd import pgd_linf, project_linf
 from unlearn.poisons.surrogate import (
@@ -80,6 +82,13 @@ class EM(PoisonMethod):
         weight_decay: float = 5e-4,
         grad_clip: float | None = 5.0,
     ) -> None:
+        require_positive("EM", eps=eps, step_size=step_size, lr=lr)
+        require_at_least("EM", 1, train_steps=train_steps, pgd_steps=pgd_steps)
+        require_at_least("EM", 1, max_rounds=max_rounds, batch_size=batch_size)
+        require_at_least("EM", 0, momentum=momentum, weight_decay=weight_decay)
+        require_at_least("EM", 0, grad_clip=grad_clip)
+        check_number("EM", "subset_fraction", subset_fraction, above=0, maximum=1)
+        check_choice("EM", "model", model, MODELS)
         super().__init__(eps)
         self.classwise = classwise
         self.model = model
@@ -93,8 +102,6 @@ class EM(PoisonMethod):
         self.subset_fraction = (
             subset_fraction if subset_fraction is not None else (0.2 if classwise else 1.0)
         )
-        if not 0 < self.subset_fraction <= 1:
-            raise ValueError(f"EM: subset_fraction must be in (0, 1], got {self.subset_fraction}")
         self.batch_size = batch_size
         self.lr = lr
         self.momentum = momentum

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import make_classification
 
+from unlearn.errors import require_at_least, require_positive
 from unlearn.poisons.base import PoisonContext, PoisonData, PoisonMethod, PoisonResult
 
 
@@ -46,9 +47,9 @@ class LSP(PoisonMethod):
         class_sep: float = 10.0,
         classwise: bool = False,
     ) -> None:
+        require_positive("LSP", eps=eps, eps_per_pixel=eps_per_pixel, class_sep=class_sep)
+        require_at_least("LSP", 1, grid=grid)
         super().__init__(eps)
-        if grid < 1:
-            raise ValueError(f"LSP: grid must be >= 1, got {grid}")
         self.eps_per_pixel = eps_per_pixel
         self.grid = grid
         self.class_sep = class_sep

@@ -16,6 +16,7 @@ import itertools
 
 import torch
 
+from unlearn.errors import ConfigError, require_at_least
 from unlearn.poisons.base import PoisonContext, PoisonData, PoisonMethod, PoisonResult
 
 
@@ -39,8 +40,7 @@ class OPS(PoisonMethod):
     norm = "l0"
 
     def __init__(self, pixels: int = 1) -> None:
-        if pixels < 1:
-            raise ValueError(f"OPS: pixels must be >= 1, got {pixels}")
+        require_at_least("OPS", 1, pixels=pixels)
         super().__init__(float(pixels))
         self.pixels = pixels
 
@@ -53,7 +53,7 @@ class OPS(PoisonMethod):
         channels, height, width = data.image_shape
         k = data.num_classes
         if height * width * 2**channels < k * self.pixels:
-            raise ValueError(
+            raise ConfigError(
                 f"OPS: {k} classes x {self.pixels} pixels need more (position, colour) pairs "
                 f"than {height}x{width} pixels x {2**channels} colours offer"
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from unlearn.errors import require_positive
 from unlearn.poisons.base import PoisonContext, PoisonData, PoisonMethod, PoisonResult
 
 
@@ -20,6 +21,7 @@ class RandomNoise(PoisonMethod):
     norm = "linf"
 
     def __init__(self, eps: float = 8 / 255, classwise: bool = False) -> None:
+        require_positive("RandomNoise", eps=eps)
         super().__init__(eps)
         self.classwise = classwise
 

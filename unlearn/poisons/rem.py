@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unlearn.errors import check_choice, require_at_least, require_positive
+from unlearn.models import MODELS
 from unlearn.pgd import pgd
 from unlearn.poisons.base import PoisonContext, PoisonData, PoisonMethod, PoisonResult
 from unlearn.poisons.pgd import Augment, make_augment, pgd_linf, random_start
@@ -84,9 +86,15 @@ class REM(PoisonMethod):
         shift: int = 4,
         flip: bool = True,
     ) -> None:
+        require_positive("REM", eps=eps, step_size=step_size, lr=lr, lr_decay=lr_decay)
+        require_at_least("REM", 0, adv_eps=adv_eps, adv_step_size=adv_step_size)
+        require_at_least("REM", 1, train_steps=train_steps, batch_size=batch_size)
+        require_at_least("REM", 1, lr_decay_every=lr_decay_every, pgd_steps=pgd_steps)
+        require_at_least("REM", 1, eot_samples=eot_samples)
+        require_at_least("REM", 0, adv_steps=adv_steps, shift=shift)
+        require_at_least("REM", 0, momentum=momentum, weight_decay=weight_decay)
+        check_choice("REM", "model", model, MODELS)
         super().__init__(eps)
-        if adv_eps < 0:
-            raise ValueError(f"REM: adv_eps must be >= 0, got {adv_eps}")
         self.adv_eps = adv_eps
         self.model = model
         self.train_steps = train_steps

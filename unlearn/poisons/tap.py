@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from unlearn.errors import check_choice, require_at_least, require_positive
+from unlearn.models import MODELS
 from unlearn.poisons.base import PoisonContext, PoisonData, PoisonMethod, PoisonResult
 from unlearn.poisons.pgd import make_augment, per_sample_loss, pgd_linf, random_start
 from unlearn.poisons.surrogate import (
@@ -68,6 +70,11 @@ class TAP(PoisonMethod):
         flip: bool = True,
         target_offset: int = 1,
     ) -> None:
+        require_positive("TAP", eps=eps, step_size=step_size, lr=lr)
+        require_at_least("TAP", 1, epochs=epochs, train_batch_size=train_batch_size)
+        require_at_least("TAP", 1, steps=steps, restarts=restarts, batch_size=batch_size)
+        require_at_least("TAP", 0, shift=shift, momentum=momentum, weight_decay=weight_decay)
+        check_choice("TAP", "model", model, MODELS)
         super().__init__(eps)
         self.model = model
         self.epochs = epochs

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
+from unlearn.errors import check_number
 from unlearn.sharpness.checkpoint_metrics import CheckpointReport, checkpoint_report, metric_key
 from unlearn.sharpness.first_order import first_order_sal
 from unlearn.sharpness.multitask import HasSALViews
@@ -77,11 +78,9 @@ class ProbeSettings:
     target_key: str = "label"
 
     def __post_init__(self) -> None:
-        """Reject sizes below one."""
-        if self.size < 1 or (self.batch_size is not None and self.batch_size < 1):
-            raise ValueError(
-                f"probe_size and probe_batch_size must be >= 1, got {self.size}, {self.batch_size}"
-            )
+        """Reject sizes below one (:class:`~unlearn.errors.ConfigError`, naming the field)."""
+        check_number("", "probe_size", self.size, minimum=1)
+        check_number("", "probe_batch_size", self.batch_size, minimum=1)
 
 
 @dataclass
@@ -153,11 +152,7 @@ class SalMonitor:
 
     @property
     def reference(self) -> SalReference | None:
-        """The clean reference, read at its first use (by :meth:`check` at the start of a fit).
-
-        Read late on purpose: a missing, unreadable or non-finite file is then reported as one
-        line by whoever starts the measurement, not inside a config parser building the
-        monitor.
+        """The clean reference, read at its first use (the SAL callback asks when it is built).
 
         Raises:
             SalTableError: The file cannot serve as a reference (naming it).

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearn.sharpness.sidecar import read_sidecar, sidecar_path
-from unlearn.sharpness.ud import SalTable, sal_tasks
+from unlearn.sharpness.ud import SalTable, SalTableError, sal_tasks
 
 
 class SalReference:
@@ -72,13 +72,13 @@ class SalReference:
             serves a single-task model.
 
         Raises:
-            ValueError: A multi-task reference of several tasks for a single-task model (or a
+            SalTableError: A multi-task reference of several tasks for a single-task model (or a
                 single-task one for a multi-task model), other tasks, or other layers; the
                 message names the file and what differs.
         """
         if None in layers:
             if self.multi_task and len(self.tables) > 1:
-                raise ValueError(
+                raise SalTableError(
                     f"the reference {self.source} is a multi-task run's (tasks "
                     f"{list(self.tables)}); this model has a single task"
                 )
@@ -86,13 +86,13 @@ class SalReference:
             _check_layers(layers[None], table, "")
             return {None: table}
         if not self.multi_task:
-            raise ValueError(
+            raise SalTableError(
                 f"the reference {self.source} has no task column; a multi-task run needs a "
                 "multi-task clean run's sal.csv"
             )
         ours, theirs = list(layers), list(self.tables)
         if set(ours) != set(theirs):
-            raise ValueError(
+            raise SalTableError(
                 f"the tasks differ from the reference {self.source}: only in this model: "
                 f"{[t for t in ours if t not in theirs]}; only in the reference: "
                 f"{[t for t in theirs if t not in ours]}"
@@ -104,7 +104,7 @@ class SalReference:
 
 def _check_layers(names: Sequence[str], reference: SalTable, what: str) -> None:
     if set(names) != set(reference.layers):
-        raise ValueError(
+        raise SalTableError(
             f"the measured layers{what} differ from the reference {reference.source}: only in "
             f"this model: {sorted(set(names) - set(reference.layers))}; only in the reference: "
             f"{sorted(set(reference.layers) - set(names))}"

@@ -281,15 +281,20 @@ def sal_tasks(path: str | Path) -> list[str]:
 
 def _read_rows(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
+    if path.is_dir():
+        raise SalTableError(f"{path}: a directory, not a SAL table (expected its sal.csv)")
     if not path.is_file():
         raise SalTableNotFoundError(f"{path}: no such SAL table")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in SAL_COLUMNS if c not in header]
-        if missing:
-            raise SalTableError(f"{path}: missing column(s) {missing}; expected {SAL_COLUMNS}")
-        return list(reader)
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in SAL_COLUMNS if c not in header]
+            if missing:
+                raise SalTableError(f"{path}: missing column(s) {missing}; expected {SAL_COLUMNS}")
+            return list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise SalTableError(f"{path}: not a CSV text file ({err})") from None
 
 
 def _tasks_of(rows: Sequence[Mapping[str, Any]], source: str) -> list[str]:

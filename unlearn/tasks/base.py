@@ -11,6 +11,8 @@ from lightning import LightningModule
 from torch import Tensor, nn
 
 from unlearn.defenses.base import Defense, apply_defenses
+from unlearn.errors import ConfigError, check_number
+from unlearn.resume import drop_events_from, flush_loggers, start_epoch
 
 
 class BaseTask(LightningModule, ABC):
@@ -41,6 +43,14 @@ class BaseTask(LightningModule, ABC):
       the input (segmentation, depth, ...): defenses that move pixels or mix labels
       (``Defense.pixel_aligned`` false) are then refused at construction.
 
+    **Resume.** A fit resumed from an epoch-end checkpoint reproduces the uninterrupted one
+    (:mod:`unlearn.resume`): :meth:`on_train_epoch_start` reseeds the random streams from
+    (seed, epoch, rank) and restarts the training loader's iterator, and a resumed fit has
+    TensorBoard drop what the killed run logged after its checkpoint. A subclass that
+    overrides ``on_train_start``, ``on_train_epoch_start``, ``on_save_checkpoint`` or
+    ``on_load_checkpoint`` calls ``super()``; per-epoch randomness of a callback is drawn
+    after ``on_train_epoch_start`` (the module's hook runs after the callbacks').
+
     Args:
         lr: SGD learning rate.
         momentum: SGD momentum.
@@ -70,11 +80,16 @@ class BaseTask(LightningModule, ABC):
     ) -> None:
         given = list(defenses or [])
         self.check_defenses(given)
+        owner = type(self).__name__
+        check_number(owner, "lr", lr, minimum=0)
+        check_number(owner, "momentum", momentum, minimum=0, below=1)
+        check_number(owner, "weight_decay", weight_decay, minimum=0)
         super().__init__()
         if lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+            raise ConfigError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
         self.save_hyperparameters(ignore=["defenses", *self.hparams_ignore()])
         self.defenses = nn.ModuleList(given)
+        self._first_epoch_of_fit = False
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
@@ -84,14 +99,14 @@ class BaseTask(LightningModule, ABC):
         """Refuse defenses this task cannot apply correctly (raises ``ValueError``)."""
         for defense in defenses:
             if not isinstance(defense, Defense):
-                raise ValueError(
+                raise ConfigError(
                     f"defenses: expected unlearn.defenses.Defense objects, "
                     f"found {type(defense).__name__}"
                 )
         if cls.dense_targets:
             moved = [type(d).__name__ for d in defenses if not d.pixel_aligned]
             if moved:
-                raise ValueError(
+                raise ConfigError(
                     f"{cls.__name__}: defenses {moved} move pixels or mix labels, which "
                     "its dense targets do not follow; take pixel-aligned defenses only "
                     "(JPEG, Grayscale, BitDepthReduction, GaussianBlur, Cutout, "
@@ -132,6 +147,26 @@ class BaseTask(LightningModule, ABC):
             self.hparams.get("num_classes"),
             batch_loss=self.batch_loss,
         )
+
+    # ------------------------------------------------------------------ resume
+    def on_train_start(self) -> None:
+        """The next epoch is the first of this ``fit`` (see :meth:`on_train_epoch_start`)."""
+        self._first_epoch_of_fit = True
+
+    def on_train_epoch_start(self) -> None:
+        """Reseed the random streams for this epoch (:func:`unlearn.resume.start_epoch`)."""
+        first, self._first_epoch_of_fit = self._first_epoch_of_fit, False
+        start_epoch(self.trainer, first)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Flush the loggers: what was logged before a checkpoint is on disk with it."""
+        if self._trainer is not None:
+            flush_loggers(self.trainer)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming a fit: TensorBoard drops the killed run's events from the checkpoint's step."""
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            drop_events_from(self.trainer, int(checkpoint.get("global_step", 0)))
 
     @abstractmethod
     def configure_models(self) -> None:

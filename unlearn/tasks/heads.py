@@ -28,6 +28,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from unlearn.data.taskonomy_domains import SEGMENT_CLASSES, SEGMENT_IGNORE
+from unlearn.errors import ConfigError
 from unlearn.models.heads import ClassifierHead, DenseHead, Encoder
 
 #: registered task specifications by name
@@ -45,7 +46,7 @@ def task_spec(name: str) -> TaskSpec:
     try:
         return TASKS[name]()
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown task '{name}'; registered tasks: {sorted(TASKS)} "
             "(register one with unlearn.tasks.heads.register_task)"
         ) from None

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from unlearn.defenses.base import Defense
+from unlearn.errors import ConfigError
 from unlearn.models.heads import MultiTaskNet, TaskView, build_encoder
 from unlearn.sharpness.multitask import SALView
 from unlearn.tasks.base import BaseTask
@@ -78,10 +79,10 @@ class MultiTaskTask(BaseTask):
     ) -> None:
         names = list(tasks)
         if not names or len(set(names)) != len(names):
-            raise ValueError(f"tasks must be a non-empty list of distinct names, got {names}")
+            raise ConfigError(f"tasks must be a non-empty list of distinct names, got {names}")
         unknown = set(loss_weights or {}) - set(names)
         if unknown:
-            raise ValueError(f"loss_weights name tasks not trained: {sorted(unknown)}")
+            raise ConfigError(f"loss_weights name tasks not trained: {sorted(unknown)}")
         self.specs: dict[str, TaskSpec] = {name: task_spec(name) for name in names}
         for spec in self.specs.values():
             spec.head_width = head_width
