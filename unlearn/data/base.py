@@ -50,6 +50,9 @@ class DatasetInfo:
         image_shape: ``(C, H, W)``.
         num_classes: number of classes.
         fingerprint: hash of the clean data (see the sources' ``fingerprint``).
+        train_subset: size of the class-balanced subset of the training split that the data
+            module serves as its training split (``train_subset``), or ``None`` for the full
+            split.
     """
 
     name: str
@@ -58,6 +61,7 @@ class DatasetInfo:
     image_shape: tuple[int, int, int]
     num_classes: int
     fingerprint: str
+    train_subset: int | None = None
 
     def to_dict(self) -> dict:
         """Plain-value form for ``meta.json``."""

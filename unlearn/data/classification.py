@@ -11,7 +11,14 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from unlearn.data.base import BaseDataModule, DatasetInfo
-from unlearn.data.datasets import ImageSource, IndexedImageDataset, PoisonOverlay, Transform
+from unlearn.data.datasets import (
+    ImageSource,
+    IndexedImageDataset,
+    PoisonOverlay,
+    SubsetImageSource,
+    Transform,
+    balanced_subset,
+)
 from unlearn.data.poison_store import load_poison
 from unlearn.errors import ConfigError, check_number
 
@@ -20,11 +27,18 @@ class ImageClassificationDataModule(BaseDataModule):
     """Serves a classification data set as dict batches, optionally poisoned.
 
     Batches are ``{"image": float [B, C, H, W] in [0, 1], "label": int64 [B],
-    "index": int64 [B]}`` where ``index`` is the position in the full training split.
+    "index": int64 [B]}`` where ``index`` is the position in the training split.
     Images are not normalised; models see pixel values in ``[0, 1]``.
 
     Validation uses ``val_fraction`` of the training split (held out by ``seed``, served clean
     and without augmentation) or, when ``val_fraction`` is 0, the test split.
+
+    With ``train_subset`` the training split *is* a class-balanced subset of the data set's
+    training split (:func:`~unlearn.data.datasets.balanced_subset`: ``train_subset // K`` per
+    class, one more for the first ``train_subset % K`` classes, drawn with a fixed seed, so
+    that it does not change with ``seed`` or a run's ``seed_everything``), indexed
+    ``0..train_subset-1`` in the original order: validation split, poisons, probe set and
+    :meth:`info` see only the subset (``train_source.indices`` holds the original positions).
 
     Args:
         root: directory holding the data set's files.
@@ -38,6 +52,9 @@ class ImageClassificationDataModule(BaseDataModule):
             data set's training split; ``None`` trains on clean data.
         poison_ratio: fraction of the training samples served poisoned, in ``[0, 1]``; the
             subset is drawn by ``seed`` from the samples the poison covers.
+        train_subset: serve this many samples of the training split as the training split
+            (class-balanced, fixed; see above); ``None``: the whole split. Must be below the
+            split's size; a class with too few samples is refused.
     """
 
     #: the data set's name as recorded in a poison's meta
@@ -56,17 +73,26 @@ class ImageClassificationDataModule(BaseDataModule):
         download: bool = False,
         poison: str | Path | None = None,
         poison_ratio: float = 1.0,
+        train_subset: int | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         owner = type(self).__name__
         check_number(owner, "val_fraction", val_fraction, minimum=0.0, below=1.0)
         check_number(owner, "poison_ratio", poison_ratio, minimum=0.0, maximum=1.0)
+        if train_subset is not None and (
+            isinstance(train_subset, bool) or not isinstance(train_subset, int)
+        ):
+            raise ConfigError(
+                f"{owner}: train_subset must be a whole number or null, got {train_subset!r}"
+            )
+        check_number(owner, "train_subset", train_subset, minimum=1)
         self.root = Path(root)
         self.val_fraction = val_fraction
         self.augment = augment
         self.download = download
         self.poison = Path(poison) if poison is not None else None
         self.poison_ratio = poison_ratio
+        self.train_subset = train_subset
         self._train_source: ImageSource | None = None
         self._test_source: ImageSource | None = None
         self._overlay: PoisonOverlay | None = None
@@ -104,13 +130,19 @@ class ImageClassificationDataModule(BaseDataModule):
 
     def _read_splits(self) -> None:
         if self._train_source is None:
-            self._train_source = self.load_split(train=True)
-            self._test_source = self.load_split(train=False)
+            train = self.load_split(train=True)
+            test = self.load_split(train=False)
+            if self.train_subset is not None:
+                indices = balanced_subset(
+                    train.labels, self.train_subset, self.num_classes, type(self).__name__
+                )
+                train = SubsetImageSource(train, indices)
+            self._train_source, self._test_source = train, test
 
     # ------------------------------------------------------------------ splits
     @property
     def train_source(self) -> ImageSource:
-        """The clean training split (reads it on first use)."""
+        """The clean training split, the subset if ``train_subset`` (reads it on first use)."""
         self._read_splits()
         assert self._train_source is not None
         return self._train_source
@@ -145,6 +177,7 @@ class ImageClassificationDataModule(BaseDataModule):
             image_shape=source.image_shape,
             num_classes=self.num_classes,
             fingerprint=source.fingerprint(),
+            train_subset=self.train_subset,
         )
 
     def _load_overlay(self) -> PoisonOverlay:

@@ -5,8 +5,9 @@ dataset turns them into the batch items the tasks consume::
 
     {"image": float32 [C, H, W] in [0, 1], "label": int64 [], "index": int64 []}
 
-``index`` is the sample's position in the full training split, which sample-wise poisons
-are keyed by. A collated batch has the same keys with a leading batch dimension.
+``index`` is the sample's position in the training split (a data module's ``train_subset``
+re-indexes its subset ``0..M-1``), which sample-wise poisons are keyed by. A collated batch
+has the same keys with a leading batch dimension.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from unlearn.errors import UnlearnError
+from unlearn.errors import ConfigError, UnlearnError
 
 Transform = Callable[[Tensor], Tensor]
 
@@ -33,6 +34,9 @@ FingerprintMode = Literal["content", "stat"]
 FINGERPRINT_MODES: tuple[str, ...] = ("content", "stat")
 #: bytes read at a time while hashing a file
 _CHUNK = 1 << 20
+#: seed of :func:`balanced_subset`'s draw: a constant, so that a training subset depends on the
+#: data and its size only (never on a data module's or a training run's seed)
+SUBSET_SEED = 0
 
 
 def check_fingerprint_mode(mode: str, owner: str) -> FingerprintMode:
@@ -42,6 +46,14 @@ def check_fingerprint_mode(mode: str, owner: str) -> FingerprintMode:
             f"{owner}: fingerprint must be one of {list(FINGERPRINT_MODES)}, got {mode!r}"
         )
     return mode  # type: ignore[return-value]
+
+
+def fingerprint_mode_of(fingerprint: object) -> str | None:
+    """``content``/``stat`` for a file-backed data fingerprint, ``None`` for plain hex."""
+    if not isinstance(fingerprint, str):
+        return None
+    mode, sep, _ = fingerprint.partition(":")
+    return mode if sep and mode in FINGERPRINT_MODES else None
 
 
 def file_sha256(path: Path) -> str:
@@ -168,7 +180,102 @@ class FileImageSource:
         return self._fingerprint
 
 
-ImageSource = TensorImageSource | FileImageSource
+def balanced_subset(labels: Tensor, count: int, num_classes: int, owner: str) -> Tensor:
+    """Positions of a class-balanced selection of ``count`` samples, sorted.
+
+    Class ``c`` (of ``0..num_classes-1``) gives ``count // num_classes`` samples, one more for
+    the first ``count % num_classes`` classes; each class's samples are the first of a random
+    order of its members drawn with :data:`SUBSET_SEED`. The selection depends on ``labels``
+    and ``count`` only, and a smaller count selects a part of a larger one's samples.
+
+    Args:
+        labels: ``int64 [N]`` class of each sample.
+        count: samples to select, in ``[1, N)``.
+        num_classes: ``K``.
+        owner: who has the setting ``train_subset``, for messages (a class name).
+
+    Returns:
+        ``int64 [count]`` strictly increasing positions in ``[0, N)``.
+
+    Raises:
+        ConfigError: ``count`` is not below ``N``, or a class has fewer samples than it gives.
+    """
+    n = labels.numel()
+    if count >= n:
+        raise ConfigError(
+            f"{owner}: train_subset {count} is not smaller than the {n} samples of the training "
+            "split; leave train_subset unset (null) to train on all of them"
+        )
+    sizes = torch.bincount(labels, minlength=num_classes)[:num_classes].tolist()
+    base, extra = divmod(count, num_classes)
+    wants = [base + (c < extra) for c in range(num_classes)]
+    short = next((c for c in range(num_classes) if sizes[c] < wants[c]), None)
+    if short is not None:
+        least = min(sizes)
+        # the largest count every class can give: `least` each, one more for the leading
+        # classes that have more than `least`
+        lead = next(c for c in range(num_classes) if sizes[c] == least)
+        raise ConfigError(
+            f"{owner}: train_subset {count} takes {wants[short]} samples of class {short} but "
+            f"the training split has {sizes[short]} of class {short} (class sizes "
+            f"{least}..{max(sizes)}); use train_subset <= {min(least * num_classes + lead, n - 1)}"
+        )
+    generator = torch.Generator().manual_seed(SUBSET_SEED)
+    chosen = []
+    for c in range(num_classes):
+        members = (labels == c).nonzero().flatten()
+        order = torch.randperm(members.numel(), generator=generator)
+        chosen.append(members[order[: wants[c]]])
+    return torch.cat(chosen).sort().values
+
+
+class SubsetImageSource:
+    """Some samples of another source, served as positions ``0..M-1`` in the parent's order.
+
+    Args:
+        parent: the full source.
+        indices: ``int64 [M]`` strictly increasing positions in ``parent``.
+    """
+
+    def __init__(self, parent: TensorImageSource | FileImageSource, indices: Tensor) -> None:
+        self.parent = parent
+        self.indices = torch.as_tensor(indices).long()
+        self.labels = parent.labels[self.indices]
+        self._fingerprint: str | None = None
+
+    def __len__(self) -> int:
+        return self.indices.numel()
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of every image."""
+        return self.parent.image_shape
+
+    @property
+    def images(self) -> Tensor | None:
+        """``uint8 [M, C, H, W]`` for an in-memory parent, else ``None`` (read by :meth:`image`)."""
+        images = getattr(self.parent, "images", None)
+        return images[self.indices] if isinstance(images, Tensor) else None
+
+    def image(self, i: int) -> Tensor:
+        """The ``i``-th image of the subset, ``uint8 [C, H, W]``."""
+        return self.parent.image(int(self.indices[i]))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the parent's fingerprint and the selected positions (cached).
+
+        Keeps the parent's mode prefix (``"content:"``/``"stat:"``) if it has one.
+        """
+        if self._fingerprint is None:
+            parent = self.parent.fingerprint()
+            digest = hashlib.sha256(f"subset of {parent}:".encode())
+            digest.update(self.indices.numpy().astype("<i8").tobytes())
+            mode = fingerprint_mode_of(parent)
+            self._fingerprint = f"{mode}:{digest.hexdigest()}" if mode else digest.hexdigest()
+        return self._fingerprint
+
+
+ImageSource = TensorImageSource | FileImageSource | SubsetImageSource
 
 
 class PoisonOverlay:

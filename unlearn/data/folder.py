@@ -93,9 +93,19 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         poison: str | Path | None = None,
         poison_ratio: float = 1.0,
         fingerprint: FingerprintMode = "content",
+        train_subset: int | None = None,
     ) -> None:
         super().__init__(
-            root, batch_size, num_workers, val_fraction, seed, augment, False, poison, poison_ratio
+            root,
+            batch_size,
+            num_workers,
+            val_fraction,
+            seed,
+            augment,
+            False,
+            poison,
+            poison_ratio,
+            train_subset,
         )
         self.fingerprint_mode = check_fingerprint_mode(fingerprint, "ImageFolderDataModule")
         self.num_classes = num_classes

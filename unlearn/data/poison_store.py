@@ -17,9 +17,11 @@ methods (:mod:`unlearn.poisons`) write it. :mod:`unlearn.poisons.store` re-expor
 
 ``meta.json`` holds at least ``method``, ``norm`` (``linf``/``l2``/``l0``), ``eps``,
 ``dataset``, ``split``, ``num_samples``, ``image_shape``, ``fingerprint``, ``seed``,
-``poison_ratio``, ``version`` and ``params`` (the method's settings). The meta inside
-``poison.pt`` is authoritative; :func:`load_poison` refuses a ``meta.json`` beside it that
-says otherwise (a missing ``meta.json`` is allowed).
+``poison_ratio``, ``version`` and ``params`` (the method's settings), and ``train_subset``
+(the data module's training subset, ``None`` for the full split; a store without the key
+was made for the full split). The meta inside ``poison.pt`` is authoritative;
+:func:`load_poison` refuses a ``meta.json`` beside it that says otherwise (a missing
+``meta.json`` is allowed).
 
 ``fingerprint`` is the data source's (``unlearn.data.datasets``): plain hex for in-memory
 data (a hash of the pixels), ``"content:<hex>"`` or ``"stat:<hex>"`` for file-backed data.
@@ -44,7 +46,7 @@ import torch
 from torch import Tensor
 
 from unlearn.data.base import DatasetInfo
-from unlearn.data.datasets import FINGERPRINT_MODES
+from unlearn.data.datasets import fingerprint_mode_of
 from unlearn.errors import UnlearnError
 from unlearn.io import atomic_path, write_json_atomic
 
@@ -329,19 +331,11 @@ def _check_meta_file(file: Path, meta: dict[str, Any]) -> None:
         )
 
 
-def _fingerprint_mode(fingerprint: object) -> str | None:
-    """``content``/``stat`` for a file-backed data fingerprint, ``None`` for plain hex."""
-    if not isinstance(fingerprint, str):
-        return None
-    mode, sep, _ = fingerprint.partition(":")
-    return mode if sep and mode in FINGERPRINT_MODES else None
-
-
 def _fingerprint_difference(want: str, found: object) -> str | None:
     """Why a stored fingerprint does not fit the data's, or ``None`` if it does."""
     if found == want:
         return None
-    want_mode, found_mode = _fingerprint_mode(want), _fingerprint_mode(found)
+    want_mode, found_mode = fingerprint_mode_of(want), fingerprint_mode_of(found)
     option = "the data module's `fingerprint` init argument (--data.init_args.fingerprint)"
     if want_mode is not None and found_mode is None and isinstance(found, str):
         # a store from before the modes: its plain hex is the stat hash
@@ -365,6 +359,11 @@ def _fingerprint_difference(want: str, found: object) -> str | None:
     return f"fingerprint: expected {want!r}, found {found!r}"
 
 
+def _subset_name(train_subset: object) -> str:
+    """How a message names a training split: ``train_subset N`` or the full split."""
+    return "the full training split" if train_subset is None else f"train_subset {train_subset}"
+
+
 def _check_against(file: Path, meta: dict[str, Any], expected: DatasetInfo) -> None:
     wanted = {
         "dataset": expected.name,
@@ -372,6 +371,20 @@ def _check_against(file: Path, meta: dict[str, Any], expected: DatasetInfo) -> N
         "num_samples": expected.num_samples,
         "image_shape": list(expected.image_shape),
     }
+    made_for = meta.get("train_subset")  # absent: a store from before subsets, the full split
+    if made_for != expected.train_subset:
+        # the length and fingerprint differ because the subsets do: name the subsets instead
+        others = [
+            f"{key}: expected {wanted[key]!r}, found {meta.get(key)!r}"
+            for key in ("dataset", "split", "image_shape")
+            if meta.get(key) != wanted[key]
+        ]
+        setting = "null" if made_for is None else made_for
+        raise PoisonStoreError(
+            f"poison store: '{file}' was made for {_subset_name(made_for)}, this data module "
+            f"uses {_subset_name(expected.train_subset)} (set "
+            f"--data.init_args.train_subset={setting})" + "".join(f"; {d}" for d in others)
+        )
     differences = [
         f"{key}: expected {want!r}, found {meta.get(key)!r}"
         for key, want in wanted.items()
@@ -393,8 +406,8 @@ def load_poison(path: str | Path, expected: DatasetInfo | None = None) -> Stored
     Checks the file format (tensors and plain values only), the version, that a
     ``meta.json`` beside the file (if any) holds the same meta, the tensors' dtypes and
     shapes, the indices, the budget on every sample, and, given ``expected``, that the
-    poison was made for that data (name, split, length, image shape, fingerprint, whose
-    mode must match too).
+    poison was made for that data (training subset, name, split, length, image shape,
+    fingerprint, whose mode must match too).
 
     Args:
         path: the store's directory or its ``poison.pt``.

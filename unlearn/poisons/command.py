@@ -275,6 +275,7 @@ def generate_poison(
             "image_shape": list(info.image_shape),
             "num_classes": info.num_classes,
             "fingerprint": info.fingerprint,
+            "train_subset": info.train_subset,
             "seed": seed,
             "poison_ratio": poison_ratio,
             "num_poisoned": len(indices),
