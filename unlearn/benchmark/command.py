@@ -38,10 +38,7 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--config", action=ActionConfigFile, help="benchmark YAML")
     parser.add_class_arguments(BenchmarkSpec, nested_key=None, fail_untyped=False)
-    parser.add_argument(
-        "--output_dir", type=str | None, default=None,
-        help="where cells, poisons and the report go (default runs/benchmark/<name>)",
-    )  # fmt: skip
+    # ``--output_dir`` is the spec's field: where cells, poisons and the report go
     parser.add_argument(
         "--dry_run", action=ActionYesNo, nargs="?", default=False,
         help="only check the configs and write the cells' commands and a SLURM script",
@@ -82,7 +79,7 @@ def main(args: Sequence[str] | None = None) -> None:
     check_number("", "--cell_timeout", cfg.cell_timeout, above=0)
     spec = spec_from(cfg)
     spec.check()
-    root = Path(cfg.output_dir or Path("runs") / "benchmark" / spec.name)
+    root = Path(spec.output_dir or Path("runs") / "benchmark" / spec.name)
     layout = Layout(root, spec)
     try:
         _run(cfg, layout)

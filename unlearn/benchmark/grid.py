@@ -61,6 +61,11 @@ class BenchmarkSpec:
         fit_args: extra arguments of every ``fit`` command (e.g. ``--trainer.max_epochs=5``).
         poison_args: extra arguments of every ``poison`` command.
         slurm: what the SLURM script of ``--dry_run`` requests (see :class:`SlurmSpec`).
+        defense_methods: defense name -> the methods it is applied to (default: every
+            method); each list must hold ``clean``, the reference of that defense's UDs.
+        output_dir: where the grid writes its cells, poisons and report (default
+            ``runs/benchmark/<name>``). A path inside the repository keeps the small text
+            results under version control (see docs/benchmark.md).
     """
 
     name: str = "benchmark"
@@ -74,6 +79,8 @@ class BenchmarkSpec:
     fit_args: list[str] = field(default_factory=list)
     poison_args: list[str] = field(default_factory=list)
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
+    defense_methods: dict[str, list[str]] = field(default_factory=dict)
+    output_dir: str | None = None
 
     def check(self) -> None:
         """Refuse an empty or inconsistent grid with a message naming the field."""
@@ -101,6 +108,20 @@ class BenchmarkSpec:
                 f"benchmark: 'methods' must include '{CLEAN}', the reference UD is measured "
                 f"against; found {self.methods}"
             )
+        for defense, methods in self.defense_methods.items():
+            where = f"benchmark: defense_methods.{defense}"
+            if defense not in self.defenses:
+                raise UnlearnError(
+                    f"{where}: no such defense; expected one of {list(self.defenses)}"
+                )
+            unknown = [m for m in methods if m not in self.methods]
+            if unknown:
+                raise UnlearnError(f"{where}: {unknown} are not in 'methods' {self.methods}")
+            if CLEAN not in methods:
+                raise UnlearnError(
+                    f"{where}: must include '{CLEAN}', the reference of this defense's UDs; "
+                    f"found {methods}"
+                )
         for name, path in self.train_configs.items():
             if not Path(path).is_file():
                 raise UnlearnError(f"benchmark: train_configs.{name}: file '{path}' not found")
@@ -171,7 +192,7 @@ class Layout:
             for model in spec.models
             for defense in spec.defenses
             for seed in spec.seeds
-            for method in spec.methods
+            for method in spec.defense_methods.get(defense, spec.methods)
         ]
         return sorted(cells, key=lambda c: (c.data, c.model, c.defense, c.seed, order[c.method]))
 
