@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,38 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     """The rows of a CSV file with a header, as dicts of strings."""
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def sigkill_after_file(
+    args: list[str], cwd: Path, file: Path, delay: float, timeout: float = 300
+) -> str:
+    """Run ``python -m unlearn ARGS``, SIGKILL it ``delay`` seconds after ``file`` appears.
+
+    Asserts that the command was still running when killed and died of the signal; returns
+    its output (stdout and stderr).
+    """
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "unlearn", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not file.is_file():
+            assert process.poll() is None, process.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, f"no {file.name} within {timeout} s"
+            time.sleep(0.01)
+        time.sleep(delay)
+        assert process.poll() is None, "the command ended before it was killed"
+        os.kill(process.pid, signal.SIGKILL)
+        output = process.communicate()[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
+    return output

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, sigkill_after_file
 from poison_fixtures import FAST_METHODS, write_cifar10
 
 import unlearn.poisons as poisons
@@ -242,30 +237,8 @@ def test_a_sigkilled_poison_run_again_gives_the_uninterrupted_poison(
     then the same command again: it resumes, and the poison is bit-identical."""
     out = tmp_path / "out"
     args = _poison_args(cifar_root, out, *(["--overwrite"] if overwrite else []))
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "unlearn", "poison", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "state.pt").is_file():
-            assert process.poll() is None, process.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "no state.pt within 120 s"
-            time.sleep(0.01)
-        time.sleep(random.Random(int(overwrite)).uniform(0.0, 1.0))
-        assert process.poll() is None, "the run finished before it was killed"
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == -signal.SIGKILL
+    delay = random.Random(int(overwrite)).uniform(0.0, 1.0)
+    sigkill_after_file(["poison", *args], REPO, out / "state.pt", delay, timeout=120)
     assert (out / "state.pt").is_file() and not (out / "poison.pt").exists()
 
     main(args)  # the same command again

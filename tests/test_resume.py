@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, small_sal_preset
+from conftest import REPO, sigkill_after_file, small_sal_preset
 from lightning import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -222,30 +218,9 @@ def test_a_sigkilled_fit_run_again_ends_as_the_uninterrupted_one(
 
     out = tmp_path / "killed"
     run = out / "quickstart" / "run"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "unlearn", *_fit_command(preset, out)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while not (run / "checkpoints" / "last.ckpt").is_file():
-            assert process.poll() is None, process.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "no last.ckpt within 300 s"
-            time.sleep(0.02)
-        time.sleep(random.Random(seed).uniform(0.0, 0.7) * 3 * seconds_per_epoch)
-        assert process.poll() is None, "the run ended before it was killed"
-        os.kill(process.pid, signal.SIGKILL)
-        output = process.communicate()[0]
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == -signal.SIGKILL
+    delay = random.Random(seed).uniform(0.0, 0.7) * 3 * seconds_per_epoch
+    last = run / "checkpoints" / "last.ckpt"
+    output = sigkill_after_file(_fit_command(preset, out), tmp_path, last, delay)
     assert "no last checkpoint available" in output  # the first start: from scratch
 
     run_lightning(_fit_command(preset, out))  # the same command again
