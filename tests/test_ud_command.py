@@ -189,3 +189,119 @@ def test_multitask_different_task_sets_are_refused(tmp_path: Path) -> None:
         "a single-task run's"
     )
     assert_refused(["--clean", str(clean), "--poisoned", str(single)], message)
+
+
+# Noise floor: three clean runs of one checkpoint; every 2-means beta is 0.5, #LP 2, 3, 1
+FLOOR_CLEANS = {"c0": [[0.0, 0.0, 1.0, 1.0]], "c1": [[0.0, 1.0, 1.0, 1.0]], "c2": [[0, 0, 0, 1.0]]}
+# UD of clean i against clean j = #LP(i) / #LP(j), ordered pairs, i outer
+FLOOR_VALUES = [2 / 3, 2 / 1, 3 / 2, 3 / 1, 1 / 2, 1 / 3]
+FLAT = [[0.0, 0.0, 0.0, 0.4]]  # #LP 0: UD 0 against each clean run
+
+
+def write_cleans(tmp_path: Path) -> list[str]:
+    return [str(write_sal(tmp_path / f"{n}.csv", sal)) for n, sal in FLOOR_CLEANS.items()]
+
+
+def test_floor_and_verdict_per_poisoned_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from unlearn.sharpness.floor import permutation_test
+
+    cleans = write_cleans(tmp_path)
+    flat = str(write_sal(tmp_path / "flat.csv", FLAT))
+    like = str(write_sal(tmp_path / "like.csv", FLOOR_CLEANS["c0"]))  # a copy of clean c0
+    out = tmp_path / "ud.json"
+    args = ["--clean", *cleans, "--poisoned", flat, like, "--alternative", "less"]
+    result = main([*args, "--json", str(out)])
+    floor = result["floor"]
+    assert [(p["poisoned"], p["clean"]) for p in floor["pairs"]] == [
+        (cleans[i], cleans[j]) for i in range(3) for j in range(3) if i != j
+    ]
+    assert floor["values"] == pytest.approx(FLOOR_VALUES)
+    assert floor["mean"] == pytest.approx(8 / 6) and floor["min"] == pytest.approx(1 / 3)
+    assert floor["max"] == pytest.approx(3.0)
+    # each poisoned file against each clean run
+    assert [(r["poisoned"], r["clean"]) for r in result["rows"]] == [
+        (p, c) for p in (flat, like) for c in cleans
+    ]
+    flat_verdict, like_verdict = result["verdicts"]
+    # UDs 0, 0, 0: the 3 smallest of the 9 pooled values, the unique most extreme split
+    assert flat_verdict["values"] == [0.0, 0.0, 0.0]
+    assert flat_verdict["verdict"] == "below floor" and flat_verdict["p"] == pytest.approx(1 / 84)
+    # the copy of c0 scores #LP 2 against 2, 3, 1: UDs 1, 2/3, 2, inside the floor
+    assert like_verdict["values"] == pytest.approx([1.0, 2 / 3, 2.0])
+    assert like_verdict["verdict"] == "within floor"
+    assert like_verdict["p"] == permutation_test([1.0, 2 / 3, 2.0], FLOOR_VALUES, "less") > 0.05
+    written = json.loads(out.read_text())
+    assert written["floor"] == floor and written["verdicts"] == result["verdicts"]
+    assert [r["ud"] for r in written["rows"]] == [r["ud"] for r in result["rows"]]
+    printed = capsys.readouterr().out
+    assert "noise floor: UD of each clean run against each other (6 ordered pairs)" in printed
+    assert "floor: mean 1.333, min 0.3333, max 3" in printed
+    verdict_lines = printed.split("verdict: ")[1].splitlines()
+    assert verdict_lines[0] == "permutation test of mean UD - mean floor (less, alpha 0.05)"
+    assert verdict_lines[2].split() == [flat, "3", "0", "below", "floor", "(p=0.0119)"]
+    assert verdict_lines[3].split()[:5] == [like, "3", "1.222", "within", "floor"]
+
+
+def test_floor_paired_by_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cleans = write_cleans(tmp_path)
+    seeds = [str(write_sal(tmp_path / f"em{i}.csv", FLAT)) for i in range(3)]
+    args = ["--clean", *cleans, "--poisoned", *seeds, "--pair_by_order", "true"]
+    result = main([*args, "--alpha", "0.01"])
+    paired = list(zip(seeds, cleans, strict=True))
+    assert [(r["poisoned"], r["clean"]) for r in result["rows"]] == paired
+    (found,) = result["verdicts"]
+    assert found["poisoned"] == seeds and found["n"] == 3
+    # two-sided: the 3 largest (3, 2, 1.5) against the rest differ by 13/6 - 1.5/6 = 1.917,
+    # more than the observed |0 - 4/3|: p > 1/84; and 1/84 > alpha 0.01 anyway
+    assert found["verdict"] == "within floor" and found["p"] > 1 / 84
+    assert "within floor (p=" in capsys.readouterr().out
+
+
+def test_floor_run_that_diverged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cleans = write_cleans(tmp_path)
+    bad = str(write_sal(tmp_path / "bad.csv", [[0.0, float("nan"), 1.0, 1.0]]))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--clean", *cleans, "--poisoned", bad])
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out
+    assert out.rstrip().splitlines()[-1].split() == [bad, "0", "nan", "diverged"]
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("one_clean", "--clean: a noise floor needs at least 2 clean files; found 1"),
+        ("twice", "c0.csv is the same file as"),
+        ("unpaired", "expected as many --poisoned as --clean files (3); found 1"),
+        ("clean_nan", "c1.csv: diverged at epoch 0 (step 7), task classification, layer(s) block1"),
+        ("settings", "c0.json record different SAL settings: eps 0.1 vs 0.05"),
+        ("multitask", "multi.csv is a multi-task run's SAL table (tasks ['a', 'b'])"),
+        ("alternative", "--alternative: expected one of ('less', 'greater', 'two-sided')"),
+        ("alpha", "--alpha must be in (0, 1)"),
+    ],
+)
+def test_floor_errors_name_the_file(tmp_path: Path, case: str, message: str) -> None:
+    cleans = write_cleans(tmp_path)
+    poisoned = [str(write_sal(tmp_path / "flat.csv", FLAT))]
+    extra: list[str] = []
+    if case == "one_clean":
+        cleans, extra = cleans[:1], ["--pair_by_order", "true"]
+    elif case == "twice":
+        cleans.append(str(tmp_path / "." / "c0.csv"))
+    elif case == "unpaired":
+        extra = ["--pair_by_order", "true"]
+    elif case == "clean_nan":
+        write_sal(Path(cleans[1]), [[0.0, float("nan"), 1.0, 1.0]])
+    elif case == "settings":
+        for path, eps in zip(cleans, (0.05, 0.05, 0.1), strict=True):
+            sidecar = {"format": 1, "settings": {"eps": eps, "iters": 10}, "non_finite": []}
+            Path(path).with_suffix(".json").write_text(json.dumps(sidecar))
+    elif case == "multitask":
+        cleans.append(str(write_multitask(tmp_path / "multi.csv", {"a": CLEAN, "b": CLEAN})))
+    elif case == "alternative":
+        extra = ["--alternative", "below"]
+    else:
+        extra = ["--alpha", "1.5"]
+    assert_refused(["--clean", *cleans, "--poisoned", *poisoned, *extra], message)

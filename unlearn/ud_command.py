@@ -2,6 +2,8 @@
 
     python -m unlearn ud --clean runs/clean/sal.csv --poisoned runs/em/sal.csv [runs/x/sal.csv]
         [--checkpoints T] [--json out.json]
+    python -m unlearn ud --clean clean_s0.csv clean_s1.csv clean_s2.csv --poisoned em_s0.csv
+        [em_s1.csv em_s2.csv] [--pair_by_order true] [--alternative less] [--alpha 0.05]
 
 Prints one row per poisoned run: beta (from the clean run), #LP clean, #LP poisoned, UD,
 the parameter-weighted UD, and UD under the robustness thresholds (3-means upper boundary,
@@ -27,6 +29,19 @@ Lengths: without ``--checkpoints``, a poisoned run with another number of checkp
 the clean run is scored over all of each (#LP is a mean per checkpoint), and a warning line
 names both files and both counts; ``--checkpoints T`` compares the first ``T`` of each.
 
+Noise floor (several ``--clean`` files, single-task runs): the floor is the UD of every clean
+run against every other (all ordered pairs, :mod:`unlearn.sharpness.floor`); the command
+prints its values, mean, min and max, then the rows (a ``clean`` column says which reference),
+then a verdict per condition: ``below floor (p=...)``, ``above floor (p=...)`` or ``within
+floor (p=...)``, from the exact permutation test of the difference of means of the
+condition's UDs and the floor's (``--alternative`` ``two-sided`` (default), ``less`` or
+``greater``; at ``--alpha``, default 0.05). A condition is, by default, each poisoned file
+with its UDs against every clean run; with ``--pair_by_order true`` the poisoned files are
+the seeds of one condition, poisoned file ``i`` is scored against clean file ``i`` only (the
+benchmark's convention: the same seed) and there is one verdict for all of them. ``--json``
+then writes an object: ``floor`` (``pairs``, ``values``, ``mean``, ``min``, ``max``),
+``rows`` and ``verdicts``. One ``--clean`` file: no floor, the output is as above.
+
 Exit codes: 0 all rows scored; 1 some poisoned run diverged (the table is complete);
 2 refused input (a one-line message naming the file: unreadable or non-finite clean file,
 different layers, tasks or settings, too few checkpoints).
@@ -39,12 +54,13 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from unlearn.errors import ConfigError, UnlearnError, check_number, exit_usage
 from unlearn.io import write_text_atomic
+from unlearn.sharpness.floor import ALTERNATIVES, Alternative, floor_pairs, verdict
 from unlearn.sharpness.sidecar import read_sidecar, require_same_settings, unchecked_note
 from unlearn.sharpness.ud import SalDivergedError, SalTable, SalTableError, sal_tasks, ud
 
@@ -58,7 +74,13 @@ def build_parser() -> ArgumentParser:
     """The subcommand's parser (jsonargparse, so ``--config`` YAML works as for ``fit``)."""
     parser = ArgumentParser(prog="unlearn ud", description=__doc__.split("\n")[0])
     parser.add_argument("--config", action=ActionConfigFile, help="YAML with these options")
-    parser.add_argument("--clean", type=str, required=True, help="the clean run's sal.csv")
+    # untyped: a config file may give one path (a string) or a list
+    parser.add_argument(
+        "--clean",
+        nargs="+",
+        required=True,
+        help="the clean run's sal.csv; several (one per seed): also the noise floor",
+    )
     parser.add_argument(
         "--poisoned", type=str, required=True, nargs="+", help="poisoned runs' sal.csv"
     )
@@ -69,6 +91,20 @@ def build_parser() -> ArgumentParser:
         help="use the first T checkpoints of each run (UD(T)); default: all",
     )
     parser.add_argument("--json", type=str | None, default=None, help="also write rows here")
+    parser.add_argument(
+        "--pair_by_order",
+        type=bool,
+        default=False,
+        help="several --clean: score poisoned file i against clean file i only (same seed); "
+        "one verdict for all poisoned files",
+    )
+    parser.add_argument(
+        "--alternative",
+        type=str,
+        default="two-sided",
+        help=f"direction of the floor test, one of {ALTERNATIVES}",
+    )
+    parser.add_argument("--alpha", type=float, default=0.05, help="level of the floor test")
     return parser
 
 
@@ -76,19 +112,31 @@ def _fmt(value: float) -> str:
     return "nan" if math.isnan(value) else ("inf" if math.isinf(value) else f"{value:.4g}")
 
 
+def _columns(lines: Sequence[Sequence[str]]) -> str:
+    """Lines of cells as left-aligned columns two spaces apart."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines
+    )
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a fixed-width text table (one line per poisoned run, or run and task).
 
     A diverged run's row shows ``-`` for the clean run's figures and ``diverged`` for its own.
+    Where the rows have more than one clean reference, a ``clean`` column names each row's.
     """
     keys = dict.fromkeys(k for row in rows for k in row)
     variants = [k[3:] for k in keys if k.startswith("ud_") and k != "ud_weighted"]
     tasks = any("task" in row for row in rows)
-    header = ["poisoned", *(["task"] if tasks else []), "T", "beta", "#LP clean"]
+    cleans = len({row["clean"] for row in rows}) > 1
+    header = ["poisoned", *(["clean"] if cleans else []), *(["task"] if tasks else [])]
+    header += ["T", "beta", "#LP clean"]
     header += ["#LP poisoned", "UD", "UD weighted", *(f"UD {v}" for v in variants)]
     lines = [header]
     for row in rows:
-        line = [str(row["poisoned"]), *([str(row.get("task", ""))] if tasks else [])]
+        line = [str(row["poisoned"]), *([str(row["clean"])] if cleans else [])]
+        line += [str(row.get("task", ""))] if tasks else []
         line.append(str(row["checkpoints"]))
         if DIVERGED in row:
             line += ["-", "-"] + [DIVERGED] * (3 + len(variants))
@@ -96,19 +144,23 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             line += [_fmt(row[k]) for k in ("beta", "lp_clean", "lp_poisoned", "ud", "ud_weighted")]
             line += [_fmt(row.get(f"ud_{v}", math.nan)) for v in variants]
         lines.append(line)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines
-    )
+    return _columns(lines)
 
 
-def _write_json(path: Path, rows: list[dict[str, Any]]) -> None:
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (at any depth) as its string ``inf``/``nan``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return _fmt(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _write_json(path: Path, rows: list[dict[str, Any]] | dict[str, Any]) -> None:
     """Write atomically (temporary file, then rename); inf/nan become strings."""
-    clean = [
-        {k: (_fmt(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-        for r in rows
-    ]
-    write_text_atomic(path, json.dumps(clean, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(_json_safe(rows), indent=2) + "\n")
 
 
 def _warn(message: str) -> None:
@@ -217,26 +269,182 @@ def run(
     return rows
 
 
-def main(args: Sequence[str] | None = None) -> list[dict]:
+def _single_task(path: str) -> SalTable:
+    """The table of a single-task run's file (the noise floor takes no multi-task runs)."""
+    tasks = sal_tasks(path)
+    if len(tasks) > 1:
+        raise SalTableError(
+            f"{path} is a multi-task run's SAL table (tasks {tasks}); the noise floor (several "
+            "--clean files) takes single-task runs: give one --clean file per task instead"
+        )
+    return SalTable.read(path)
+
+
+def _summary(values: Sequence[float]) -> dict[str, float]:
+    return {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+
+
+def run_floor(
+    cleans: Sequence[str],
+    poisoned: Sequence[str],
+    checkpoints: int | None = None,
+    pair_by_order: bool = False,
+    alternative: str = "two-sided",
+    alpha: float = 0.05,
+    warn: Callable[[str], None] = _warn,
+) -> dict[str, Any]:
+    """The noise floor of the clean runs, the poisoned runs' UD rows and their verdicts.
+
+    Args:
+        cleans: Clean runs' ``sal.csv`` (at least 2, distinct; single-task runs).
+        poisoned: Poisoned runs' ``sal.csv``.
+        checkpoints: ``UD(T)`` of the first ``T`` checkpoints everywhere (floor included).
+        pair_by_order: Score poisoned ``i`` against clean ``i`` only (as many of each); one
+            verdict for all of them. Otherwise each poisoned file against every clean run,
+            one verdict per poisoned file.
+        alternative: ``two-sided``, ``less`` or ``greater`` (:func:`~unlearn.sharpness.floor.
+            permutation_test`).
+        alpha: The test's level.
+        warn: Told about files without settings and runs of different lengths.
+
+    Returns:
+        ``{"floor": {"pairs": [{"poisoned", "clean", "ud"}], "values", "mean", "min",
+        "max"}, "rows": [UD rows as in :func:`run`], "verdicts": [{"poisoned": [files],
+        "n", "values", "mean", "alternative", "alpha", "verdict", "p"}]}``; a condition whose
+        runs all diverged has the verdict ``diverged`` and ``p`` None.
+
+    Raises:
+        UnlearnError: Fewer than 2 or repeated clean files, unequal counts where paired, a
+            multi-task file, a clean file with a non-finite value, a non-finite floor UD,
+            different settings or layers (each naming the file or option).
+    """
+    check_number("", "--alpha", alpha, above=0, below=1)
+    if alternative not in ALTERNATIVES:
+        raise ConfigError(f"--alternative: expected one of {ALTERNATIVES}; found {alternative!r}")
+    if len(cleans) < 2:
+        raise ConfigError(
+            f"--clean: a noise floor needs at least 2 clean files; found {len(cleans)}"
+        )
+    seen: dict[Path, str] = {}
+    for path in cleans:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise ConfigError(
+                f"--clean: {path} is the same file as {seen[resolved]}; the floor needs distinct "
+                "clean runs"
+            )
+        seen[resolved] = path
+    if pair_by_order and len(poisoned) != len(cleans):
+        raise ConfigError(
+            f"--pair_by_order: pairs poisoned file i with clean file i; expected as many "
+            f"--poisoned as --clean files ({len(cleans)}); found {len(poisoned)}"
+        )
+    references = [_single_task(path) for path in cleans]
+    for table in references[1:]:
+        check_lengths(references[0], table, checkpoints, warn)
+    pairs = floor_pairs(references, checkpoints)
+    values = [v for _, _, v in pairs]
+    floor = {
+        "pairs": [{"poisoned": cleans[i], "clean": cleans[j], "ud": v} for i, j, v in pairs],
+        "values": values,
+        **_summary(values),
+    }
+    tables = [_single_task(path) for path in poisoned]
+    if pair_by_order:
+        groups = [list(zip(tables, references, strict=True))]
+    else:
+        groups = [[(table, reference) for reference in references] for table in tables]
+    rows: list[dict[str, Any]] = []
+    verdicts = []
+    for group in groups:
+        scored = []
+        for table, reference in group:
+            check_lengths(reference, table, checkpoints, warn)
+            try:
+                row = ud(reference, table, t=checkpoints)
+            except SalDivergedError as err:
+                used = checkpoints if checkpoints is not None else len(table.checkpoints)
+                row = _diverged_row(err, reference.source, used)
+            else:
+                scored.append(float(row["ud"]))
+            rows.append(row)
+        found: dict[str, Any] = {
+            "poisoned": list(dict.fromkeys(table.source for table, _ in group)),
+            "n": len(scored),
+            "values": scored,
+            "mean": sum(scored) / len(scored) if scored else math.nan,
+            "alternative": alternative,
+            "alpha": alpha,
+        }
+        if scored:
+            test = cast(Alternative, alternative)  # checked above
+            found["verdict"], found["p"] = verdict(scored, values, test, alpha)
+        else:
+            found["verdict"], found["p"] = DIVERGED, None
+        verdicts.append(found)
+    check_settings(cleans[0], [*cleans[1:], *poisoned], warn)
+    return {"floor": floor, "rows": rows, "verdicts": verdicts}
+
+
+def format_floor(result: dict[str, Any]) -> str:
+    """The text of :func:`run_floor`'s result: the floor, the rows, the verdicts."""
+    floor = result["floor"]
+    lines = [f"noise floor: UD of each clean run against each other ({len(floor['values'])} "
+             "ordered pairs)"]  # fmt: skip
+    lines.append(
+        _columns([["clean", "against clean", "UD"]]
+                 + [[p["poisoned"], p["clean"], _fmt(p["ud"])] for p in floor["pairs"]])
+    )  # fmt: skip
+    lines.append(
+        f"floor: mean {_fmt(floor['mean'])}, min {_fmt(floor['min'])}, max {_fmt(floor['max'])}"
+    )
+    lines += ["", format_table(result["rows"]), ""]
+    first = result["verdicts"][0]
+    lines.append(
+        f"verdict: permutation test of mean UD - mean floor ({first['alternative']}, "
+        f"alpha {first['alpha']:g})"
+    )
+    table = [["poisoned", "n", "mean UD", "verdict"]]
+    for found in result["verdicts"]:
+        text = found["verdict"]
+        if found["p"] is not None:
+            text += f" (p={found['p']:.3g})"
+        table.append([", ".join(found["poisoned"]), str(found["n"]), _fmt(found["mean"]), text])
+    lines.append(_columns(table))
+    return "\n".join(lines)
+
+
+def main(args: Sequence[str] | None = None) -> list[dict] | dict[str, Any]:
     """Entry point of ``python -m unlearn ud`` (``args`` without the subcommand name).
 
     Exits with :data:`unlearn.errors.EXIT_USAGE` on refused input (one line on stderr) and with
     :data:`EXIT_DIVERGED` after the table where a poisoned run diverged.
+
+    Returns:
+        The rows (one ``--clean`` file); the result of :func:`run_floor` (several, or
+        ``--pair_by_order true``).
     """
     cfg = build_parser().parse_args(list(args) if args is not None else None)
+    cleans = [cfg.clean] if isinstance(cfg.clean, str) else [str(c) for c in cfg.clean]
+    result: list[dict] | dict[str, Any]
     try:
         check_number("", "--checkpoints", cfg.checkpoints, minimum=1)
         if cfg.json is not None and Path(cfg.json).is_dir():
             raise ConfigError(f"--json: '{cfg.json}' is a directory; expected a file to write")
-        rows = run(cfg.clean, cfg.poisoned, cfg.checkpoints)
+        if len(cleans) == 1 and not cfg.pair_by_order:
+            result = rows = run(cleans[0], cfg.poisoned, cfg.checkpoints)
+        else:
+            result = run_floor(cleans, cfg.poisoned, cfg.checkpoints, cfg.pair_by_order,
+                               cfg.alternative, cfg.alpha)  # fmt: skip
+            rows = result["rows"]
     except UnlearnError as err:
         exit_usage("ud", err)
-    print(format_table(rows))
+    print(format_table(rows) if isinstance(result, list) else format_floor(result))
     if cfg.json is not None:
-        _write_json(Path(cfg.json), rows)
+        _write_json(Path(cfg.json), result)
     diverged = [row for row in rows if DIVERGED in row]
     for row in diverged:
         _warn(row["message"])
     if diverged:
         sys.exit(EXIT_DIVERGED)
-    return rows
+    return result

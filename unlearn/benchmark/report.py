@@ -1,4 +1,10 @@
-"""Collect a benchmark's finished cells into ``results.csv``, ``report.md`` and figures."""
+"""Collect a benchmark's finished cells into ``results.csv``, ``report.md`` and figures.
+
+Also the noise floor of each (data, model, defense) with at least two clean seeds: the UD of
+every clean seed against every other (:mod:`unlearn.sharpness.floor`), and per method the
+permutation test of its seeds' UDs against it, in ``floor.csv`` and the report's "Noise
+floor" section.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from unlearn.benchmark.grid import CLEAN, Cell, Layout
 from unlearn.benchmark.runner import load_json
 from unlearn.errors import UnlearnError
 from unlearn.io import write_text_atomic
+from unlearn.sharpness.floor import noise_floor, permutation_test, verdict
 from unlearn.sharpness.ud import SalDivergedError, SalTable, ud
 
 #: UD threshold variants, as ``(column suffix, label)``; "" is the 2-means beta
@@ -44,6 +51,25 @@ RESULT_COLUMNS = [
     "fit_seconds",
     "poison_seconds",
     "error",
+]
+
+
+#: Level of the noise-floor test (one-sided "less", the pre-registered direction of H1)
+FLOOR_ALPHA = 0.05
+FLOOR_COLUMNS = [
+    "data",
+    "model",
+    "defense",
+    "method",
+    "n",
+    "ud_mean",
+    "floor_n",
+    "floor_mean",
+    "floor_min",
+    "floor_max",
+    "p_less",
+    "p_two_sided",
+    "verdict",
 ]
 
 
@@ -102,6 +128,107 @@ def collect(layout: Layout) -> list[dict[str, Any]]:
                     row[f"beta{suffix}"] = measured.get(f"beta{suffix}", "")
         rows.append(row)
     return rows
+
+
+def noise_floors(layout: Layout, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The noise floor of each (data, model, defense) and each method's test against it.
+
+    The floor: UD of clean seed ``i`` against clean seed ``j`` for every ordered pair of the
+    finished clean cells with a SAL table (:func:`unlearn.sharpness.floor.noise_floor`). A
+    method's values: its seeds' UDs (against the clean cell of the same seed, as in
+    ``results.csv``; diverged seeds left out).
+
+    Returns:
+        One entry per (data, model, defense) with a clean cell: ``data``, ``model``,
+        ``defense``, ``seeds`` (the clean seeds used), ``values`` (the floor, ``[]`` where
+        there is none), ``note`` (why there is none, else ``""``) and ``methods``: one dict per
+        method with UDs, of :data:`FLOOR_COLUMNS` (``p_less``: one-sided, the method's UDs
+        below the floor; ``verdict`` at :data:`FLOOR_ALPHA`).
+    """
+    groups = _groups(rows)
+    out = []
+    for data, model, method, defense in groups:
+        if method != CLEAN:
+            continue
+        clean = [row for row in groups[(data, model, CLEAN, defense)] if row["status"] == "ok"]
+        cells = [Cell(data, model, defense, row["seed"], CLEAN) for row in clean]
+        tables = [(cell.seed, _sal_table(layout, cell)) for cell in cells]
+        tables = [(seed, table) for seed, table in tables if table is not None]
+        entry: dict[str, Any] = {"data": data, "model": model, "defense": defense,
+                                 "seeds": [seed for seed, _ in tables], "values": [],
+                                 "note": "", "methods": []}  # fmt: skip
+        out.append(entry)
+        if len(tables) < 2:
+            entry["note"] = (
+                f"the floor needs at least two clean seeds with a SAL table; found {len(tables)}"
+            )
+            continue
+        try:
+            entry["values"] = values = noise_floor([table for _, table in tables])
+        except UnlearnError as err:
+            entry["note"] = f"no floor: {err}"
+            continue
+        for (d, m, name, f), group in groups.items():
+            uds = _numbers(group, "ud")
+            if (d, m, f) != (data, model, defense) or name == CLEAN or not uds:
+                continue
+            found, p_less = verdict(uds, values, "less", FLOOR_ALPHA)
+            entry["methods"].append({
+                "data": data, "model": model, "defense": defense, "method": name,
+                "n": len(uds), "ud_mean": statistics.fmean(uds), "floor_n": len(values),
+                "floor_mean": statistics.fmean(values), "floor_min": min(values),
+                "floor_max": max(values), "p_less": p_less,
+                "p_two_sided": permutation_test(uds, values, "two-sided"), "verdict": found,
+            })  # fmt: skip
+    return out
+
+
+def write_floor_csv(floors: Sequence[dict[str, Any]], path: Path) -> None:
+    """One row per (data, model, defense, method) with a floor test (atomically)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FLOOR_COLUMNS)
+    writer.writeheader()
+    for entry in floors:
+        for row in entry["methods"]:
+            writer.writerow({k: _fmt_cell(row[k]) for k in FLOOR_COLUMNS})
+    write_text_atomic(path, buffer.getvalue())
+
+
+def floor_section(floors: Sequence[dict[str, Any]]) -> list[str]:
+    """The report's "Noise floor" lines (heading included)."""
+    lines = ["", "## Noise floor: UD of clean seeds against each other", ""]
+    lines.append(
+        "Floor: UD of clean seed i against clean seed j, every ordered pair i != j, per data, "
+        "model and defense. Each method's seeds' UDs against it: exact permutation test of the "
+        f"difference of means; verdict one-sided (below the floor) at alpha {FLOOR_ALPHA}, the "
+        "two-sided p beside it."
+    )
+    if not floors:
+        lines += ["", "No clean cells: no floor."]
+        return lines
+    for entry in floors:
+        where = f"{entry['data']}, {entry['model']}, defense {entry['defense']}"
+        if entry["note"]:
+            lines += ["", f"- {where}: {entry['note']}."]
+            continue
+        values = entry["values"]
+        lines += ["", f"### {where}", ""]
+        lines.append(
+            f"Floor over seeds {entry['seeds']}: {len(values)} values "
+            f"[{', '.join(f'{v:.3g}' for v in values)}], mean {statistics.fmean(values):.3g}, "
+            f"min {min(values):.3g}, max {max(values):.3g}."
+        )
+        if not entry["methods"]:
+            lines += ["", "No method has a UD yet."]
+            continue
+        lines += ["", "| method | n | mean UD | verdict | p (below) | p (two-sided) |"]
+        lines.append("|---|---|---|---|---|---|")
+        for row in entry["methods"]:
+            lines.append(
+                f"| {row['method']} | {row['n']} | {row['ud_mean']:.3g} | {row['verdict']} | "
+                f"{row['p_less']:.3g} | {row['p_two_sided']:.3g} |"
+            )
+    return lines
 
 
 def write_results_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -179,8 +306,9 @@ def markdown_report(
     figures: Sequence[str],
     spec_methods: Sequence[str],
     spec_defenses: Sequence[str],
+    floors: Sequence[dict[str, Any]] | None = None,
 ) -> str:
-    """The ``report.md`` text."""
+    """The ``report.md`` text; ``floors`` (:func:`noise_floors`) adds the "Noise floor" section."""
     groups = _groups(rows)
     defenses = _in_spec_order(rows, "defense", spec_defenses)
     settings = list(dict.fromkeys((row["data"], row["model"]) for row in rows))
@@ -226,6 +354,8 @@ def markdown_report(
             continue
         values = [mean_std(_numbers(group, f"ud{suffix}")) for suffix, _ in THRESHOLDS]
         lines.append(f"| {data} | {model} | {method} | {defense} | " + " | ".join(values) + " |")
+    if floors is not None:
+        lines += floor_section(floors)
     diverged = [row for row in rows if row["ud"] == DIVERGED]
     if diverged:
         lines += ["", "## Diverged runs (SAL nan/inf: no UD)", ""]
@@ -342,13 +472,15 @@ def make_figures(
 
 
 def write_report(layout: Layout) -> Path:
-    """Collect the cells and write ``results.csv``, the figures and ``report.md``."""
+    """Collect the cells; write ``results.csv``, ``floor.csv``, the figures and ``report.md``."""
     rows = collect(layout)
     layout.root.mkdir(parents=True, exist_ok=True)
     write_results_csv(rows, layout.root / "results.csv")
+    floors = noise_floors(layout, rows)
+    write_floor_csv(floors, layout.root / "floor.csv")
     defenses = list(layout.spec.defenses)
     figures = make_figures(layout, rows, layout.root, defenses)
-    text = markdown_report(layout.spec.name, rows, figures, layout.spec.methods, defenses)
+    text = markdown_report(layout.spec.name, rows, figures, layout.spec.methods, defenses, floors)
     path = layout.root / "report.md"
     write_text_atomic(path, text)
     return path
