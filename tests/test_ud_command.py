@@ -19,7 +19,11 @@ EM = [[0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.6, 0.0]]  # #LP 1 against the clean 2: 
 
 
 def write_sal(
-    path: Path, sal: list[list[float]], layers: list[str] | None = None, drop: str = ""
+    path: Path,
+    sal: list[list[float]],
+    layers: list[str] | None = None,
+    drop: str = "",
+    loss0: float = 2.0,
 ) -> Path:
     layers = layers or [f"block{i}.conv" for i in range(len(sal[0]))]
     columns = [c for c in SAL_COLUMNS if c != drop]
@@ -38,7 +42,7 @@ def write_sal(
                         "s_max": value,
                         "s_min": 0.0,
                         "sal_acc": 0.0,
-                        "loss0": 2.0,
+                        "loss0": loss0,
                         "seconds": 0.1,
                         "task": "classification",
                     }
@@ -305,3 +309,24 @@ def test_floor_errors_name_the_file(tmp_path: Path, case: str, message: str) -> 
     else:
         extra = ["--alpha", "1.5"]
     assert_refused(["--clean", *cleans, "--poisoned", *poisoned, *extra], message)
+
+
+def test_scale_free_sal_divides_by_the_probe_loss(tmp_path: Path) -> None:
+    # loss0 0: the clean run's scale-free values are its SAL values (beta 0.55, #LP 2)
+    clean = write_sal(tmp_path / "clean.csv", CLEAN, loss0=0.0)
+    # as sharp as the clean run's sharp layers, but at a probe loss of 3: 1.5 / 4 < beta
+    sharp = write_sal(tmp_path / "sharp.csv", [[0.0, 0.0, 1.5, 1.5]] * 2, loss0=3.0)
+    (paper,) = main(["--clean", str(clean), "--poisoned", str(sharp)])
+    (free,) = main(["--clean", str(clean), "--poisoned", str(sharp), "--sal_value", "scale_free"])
+    assert paper["beta"] == free["beta"] == pytest.approx(0.55)
+    assert paper["ud"] == 1.0
+    assert free["ud"] == 0.0
+
+
+def test_unknown_sal_value_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    clean = write_sal(tmp_path / "clean.csv", CLEAN)
+    with pytest.raises(SystemExit) as stop:
+        main(["--clean", str(clean), "--poisoned", str(clean), "--sal_value", "accuracy"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--sal_value" in err and "accuracy" in err and len(err.splitlines()) == 1

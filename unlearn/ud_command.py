@@ -58,11 +58,18 @@ from typing import Any, cast
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from unlearn.errors import ConfigError, UnlearnError, check_number, exit_usage
+from unlearn.errors import ConfigError, UnlearnError, check_choice, check_number, exit_usage
 from unlearn.io import write_text_atomic
 from unlearn.sharpness.floor import ALTERNATIVES, Alternative, floor_pairs, verdict
 from unlearn.sharpness.sidecar import read_sidecar, require_same_settings, unchecked_note
-from unlearn.sharpness.ud import SalDivergedError, SalTable, SalTableError, sal_tasks, ud
+from unlearn.sharpness.ud import (
+    SAL_VALUES,
+    SalDivergedError,
+    SalTable,
+    SalTableError,
+    sal_tasks,
+    ud,
+)
 
 #: Exit code where a poisoned run diverged (every row is still printed).
 EXIT_DIVERGED = 1
@@ -105,6 +112,13 @@ def build_parser() -> ArgumentParser:
         help=f"direction of the floor test, one of {ALTERNATIVES}",
     )
     parser.add_argument("--alpha", type=float, default=0.05, help="level of the floor test")
+    parser.add_argument(
+        "--sal_value",
+        type=str,
+        default="sal",
+        help=f"what UD counts, one of {list(SAL_VALUES)}: the paper's SAL, or the exploratory "
+        "scale-free SAL / (L0 + 1) (its own beta and floor)",
+    )
     return parser
 
 
@@ -224,8 +238,11 @@ def run(
     poisoned: Sequence[str],
     checkpoints: int | None = None,
     warn: Callable[[str], None] = _warn,
+    value: str = "sal",
 ) -> list[dict]:
     """UD rows of each poisoned run against the clean run (see :func:`unlearn.sharpness.ud.ud`).
+
+    ``value`` is what UD counts (:data:`unlearn.sharpness.ud.SAL_VALUES`).
 
     Where both files are multi-task runs' (a ``task`` column), one row per poisoned run and
     task, each task against the clean run's same task. The settings are checked once every
@@ -248,7 +265,7 @@ def run(
                         f"{multi} is a multi-task run's SAL table (tasks {found}), {other} a "
                         "single-task run's: compare multi-task runs with multi-task runs"
                     )
-            pairs = [(SalTable.read(clean), SalTable.read(path))]
+            pairs = [(SalTable.read(clean, value=value), SalTable.read(path, value=value))]
         else:
             if set(tasks) != set(clean_tasks):
                 raise SalTableError(
@@ -256,7 +273,8 @@ def run(
                     f"{[t for t in clean_tasks if t not in tasks]}; only in {path}: "
                     f"{[t for t in tasks if t not in clean_tasks]}"
                 )
-            references, tables = SalTable.read_tasks(clean), SalTable.read_tasks(path)
+            references = SalTable.read_tasks(clean, value)
+            tables = SalTable.read_tasks(path, value)
             pairs = [(references[t], tables[t]) for t in clean_tasks]
         for reference, table in pairs:
             check_lengths(reference, table, checkpoints, warn)
@@ -269,7 +287,7 @@ def run(
     return rows
 
 
-def _single_task(path: str) -> SalTable:
+def _single_task(path: str, value: str = "sal") -> SalTable:
     """The table of a single-task run's file (the noise floor takes no multi-task runs)."""
     tasks = sal_tasks(path)
     if len(tasks) > 1:
@@ -277,7 +295,7 @@ def _single_task(path: str) -> SalTable:
             f"{path} is a multi-task run's SAL table (tasks {tasks}); the noise floor (several "
             "--clean files) takes single-task runs: give one --clean file per task instead"
         )
-    return SalTable.read(path)
+    return SalTable.read(path, value=value)
 
 
 def _summary(values: Sequence[float]) -> dict[str, float]:
@@ -292,6 +310,7 @@ def run_floor(
     alternative: str = "two-sided",
     alpha: float = 0.05,
     warn: Callable[[str], None] = _warn,
+    value: str = "sal",
 ) -> dict[str, Any]:
     """The noise floor of the clean runs, the poisoned runs' UD rows and their verdicts.
 
@@ -306,6 +325,7 @@ def run_floor(
             permutation_test`).
         alpha: The test's level.
         warn: Told about files without settings and runs of different lengths.
+        value: What UD counts (:data:`unlearn.sharpness.ud.SAL_VALUES`); the floor too.
 
     Returns:
         ``{"floor": {"pairs": [{"poisoned", "clean", "ud"}], "values", "mean", "min",
@@ -339,7 +359,7 @@ def run_floor(
             f"--pair_by_order: pairs poisoned file i with clean file i; expected as many "
             f"--poisoned as --clean files ({len(cleans)}); found {len(poisoned)}"
         )
-    references = [_single_task(path) for path in cleans]
+    references = [_single_task(path, value) for path in cleans]
     for table in references[1:]:
         check_lengths(references[0], table, checkpoints, warn)
     pairs = floor_pairs(references, checkpoints)
@@ -349,7 +369,7 @@ def run_floor(
         "values": values,
         **_summary(values),
     }
-    tables = [_single_task(path) for path in poisoned]
+    tables = [_single_task(path, value) for path in poisoned]
     if pair_by_order:
         groups = [list(zip(tables, references, strict=True))]
     else:
@@ -431,11 +451,12 @@ def main(args: Sequence[str] | None = None) -> list[dict] | dict[str, Any]:
         check_number("", "--checkpoints", cfg.checkpoints, minimum=1)
         if cfg.json is not None and Path(cfg.json).is_dir():
             raise ConfigError(f"--json: '{cfg.json}' is a directory; expected a file to write")
+        check_choice("ud", "--sal_value", cfg.sal_value, SAL_VALUES)
         if len(cleans) == 1 and not cfg.pair_by_order:
-            result = rows = run(cleans[0], cfg.poisoned, cfg.checkpoints)
+            result = rows = run(cleans[0], cfg.poisoned, cfg.checkpoints, value=cfg.sal_value)
         else:
             result = run_floor(cleans, cfg.poisoned, cfg.checkpoints, cfg.pair_by_order,
-                               cfg.alternative, cfg.alpha)  # fmt: skip
+                               cfg.alternative, cfg.alpha, value=cfg.sal_value)  # fmt: skip
             rows = result["rows"]
     except UnlearnError as err:
         exit_usage("ud", err)

@@ -106,6 +106,11 @@ _INT_COLUMNS = ("epoch", "step", "numel")
 #: Column naming the task of each row in a multi-task run's ``sal.csv``.
 TASK_COLUMN = "task"
 
+#: What a table holds per (checkpoint, layer): ``sal``, the paper's SAL (a loss change);
+#: ``scale_free``, SAL / (L0 + 1) with L0 the probe loss at the checkpoint (``loss0``), an
+#: exploratory variant that does not grow with the logit scale (docs/sal_ud.md).
+SAL_VALUES: tuple[str, ...] = ("sal", "scale_free")
+
 #: Percentiles of the clean SAL values used as alternative thresholds.
 PERCENTILES: tuple[int, ...] = (50, 75, 90)
 
@@ -132,7 +137,11 @@ class SalTable:
 
     @classmethod
     def from_rows(
-        cls, rows: Iterable[Mapping[str, Any]], source: str, task: str | None = None
+        cls,
+        rows: Iterable[Mapping[str, Any]],
+        source: str,
+        task: str | None = None,
+        value: str = "sal",
     ) -> SalTable:
         """Build a table from ``sal.csv`` rows (dicts with at least :data:`SAL_COLUMNS`).
 
@@ -140,6 +149,7 @@ class SalTable:
             rows: The rows; those of a multi-task run also have a ``task``.
             source: Where they came from, for error messages.
             task: Keep only this task's rows; needed where the rows hold several tasks.
+            value: What the table holds, one of :data:`SAL_VALUES`.
 
         Raises:
             SalTableError: Naming ``source``: a missing column or unreadable value, a
@@ -148,6 +158,8 @@ class SalTable:
                 no ``task`` chosen, or a ``task`` that is not in the rows (listing those that
                 are).
         """
+        if value not in SAL_VALUES:
+            raise SalTableError(f"SAL value must be one of {list(SAL_VALUES)}, got {value!r}")
         rows = list(rows)
         found = _tasks_of(rows, source)
         if task is None and len(found) > 1:
@@ -172,7 +184,12 @@ class SalTable:
                 )
             try:
                 key = (int(row["epoch"]), int(row["step"]))
-                n, value = int(row["numel"]), float(row["sal"])
+                n, number = int(row["numel"]), float(row["sal"])
+                if value == "scale_free":
+                    loss0 = float(row["loss0"])
+                    if not loss0 >= 0:  # a mean loss; also refuses nan
+                        raise ValueError(f"loss0 must be >= 0 for scale_free, got {loss0}")
+                    number /= loss0 + 1.0
             except (TypeError, ValueError) as err:
                 raise SalTableError(f"{source}, row {i}: unreadable value ({err})") from None
             layer = str(row["layer"])
@@ -181,7 +198,7 @@ class SalTable:
                 raise SalTableError(
                     f"{source}: layer {layer!r} twice at epoch {key[0]} step {key[1]}"
                 )
-            ckpt[layer] = value
+            ckpt[layer] = number
             if numel.setdefault(layer, n) != n:
                 raise SalTableError(f"{source}: layer {layer!r} has numel {numel[layer]} and {n}")
         if not by_ckpt:
@@ -199,18 +216,19 @@ class SalTable:
         return cls(source, checkpoints, layers, np.array([numel[n] for n in layers]), sal, task)
 
     @classmethod
-    def read(cls, path: str | Path, task: str | None = None) -> SalTable:
+    def read(cls, path: str | Path, task: str | None = None, value: str = "sal") -> SalTable:
         """Read a ``sal.csv`` file (see :data:`SAL_COLUMNS`), or one task's rows of it.
 
         Args:
             path: The file.
             task: The task to read from a multi-task run's file (one with a ``task``
                 column); may be left out where the file holds a single task.
+            value: What the table holds, one of :data:`SAL_VALUES`.
         """
-        return cls.from_rows(_read_rows(path), str(path), task)
+        return cls.from_rows(_read_rows(path), str(path), task, value)
 
     @classmethod
-    def read_tasks(cls, path: str | Path) -> dict[str, SalTable]:
+    def read_tasks(cls, path: str | Path, value: str = "sal") -> dict[str, SalTable]:
         """Every task's table of a multi-task run's file, in the order of the file.
 
         Raises:
@@ -220,7 +238,7 @@ class SalTable:
         tasks = _tasks_of(rows, str(path))
         if not tasks:
             raise SalTableError(f"{path}: no task column; it is a single-task SAL table")
-        return {task: cls.from_rows(rows, str(path), task) for task in tasks}
+        return {task: cls.from_rows(rows, str(path), task, value) for task in tasks}
 
     def first(self, t: int | None) -> SalTable:
         """The table of the first ``t`` checkpoints (all where ``t`` is None).
