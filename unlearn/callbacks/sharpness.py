@@ -40,13 +40,23 @@ taken with a warning. A SAL that is ``nan`` or ``inf`` (the
 training diverged) is written as such, warned about, and neither crashes nor stops the fit;
 no count, UD or ratio is logged for it, and no non-finite value is ever logged.
 
+**A second probe.** With ``probe: test`` the probe is drawn, class-balanced by ``seed``, from
+the data module's clean test split (``heldout_probe_dataset()``) instead: the same set in
+every run on that data, whatever the training seed. ``name`` (default ``sal``) is the file
+stem and the TensorBoard prefix, so a second instance (e.g. ``name: sal_heldout``) writes
+``sal_heldout.csv`` and ``sal_heldout.json`` and logs every key under ``sal_heldout/``
+(``sal_heldout/<layer>``, ``sal_heldout/mean``, ``sal_heldout/lp/count``, ``sal_heldout/ud``,
+...) beside the first; its checkpoint state has its own key (:attr:`SharpnessCallback.state_key`).
+
 The work is :class:`~unlearn.sharpness.monitor.SalMonitor`'s; this callback only turns the
 trainer's hooks into its calls and hands the results to the loggers.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +78,13 @@ class SharpnessCallbackError(UnlearnError, ValueError):
     """A setting of the callback that cannot work with this model or reference."""
 
 
+#: The probe sources: the training samples as the model sees them, or the clean test split.
+PROBES: tuple[str, ...] = ("train", "test")
+
+#: What ``name`` may be: a file stem and a TensorBoard tag part.
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 class SharpnessCallback(Callback):
     """Compute per-layer SAL at checkpoints; log SAL, #LP and UD; write ``sal.csv``.
 
@@ -80,9 +97,8 @@ class SharpnessCallback(Callback):
     Args:
         every_n_epochs: Measure after every n-th training epoch (and always after the last
             one and at the end of training).
-        probe_size: Number of training samples in the probe set (all where fewer), drawn
-            once by ``seed`` from the data module's ``probe_dataset()`` (training images as
-            the model sees them, poisoned in a poisoned run, without augmentation).
+        probe_size: Number of samples in the probe set (all where fewer), drawn once by
+            ``seed`` from the ``probe`` source.
         probe_batch_size: SGD batch size of the SAL steps; ``None`` is the whole probe set
             in one batch, which also saves the evaluation passes. The default 256 and one
             pass per iteration are the published procedure's, on the probe set instead of
@@ -108,12 +124,21 @@ class SharpnessCallback(Callback):
             values, faster only where one probe batch does not fill the device.
         seed: Seed of the probe subset.
         filename: Name of the SAL table in the log directory (the settings go beside it,
-            under the same name with ``.json``).
+            under the same name with ``.json``); default ``<name>.csv``.
         dirpath: Directory of the SAL table; default: the trainer's ``log_dir``.
         input_key: Key of the inputs in the probe items (single-task runs; a multi-task
             run's views take ``rgb``).
         target_key: Key of the targets in the probe items (single-task runs; a multi-task
             run's views pack their own targets).
+        probe: Where the probe comes from: ``"train"``, the data module's
+            ``probe_dataset()`` (training images as the model sees them, poisoned in a
+            poisoned run, without augmentation), drawn by ``seed``; ``"test"``, its
+            ``heldout_probe_dataset()`` (the clean test split, without augmentation), drawn
+            class-balanced by ``seed`` (:func:`~unlearn.sharpness.monitor.draw_probe`).
+        name: The file stem (``<name>.csv``, ``<name>.json``) and the TensorBoard prefix
+            (``sal``: the keys as listed above; another name puts every key under
+            ``<name>/``, see :func:`metric_name`); two instances in one trainer need two
+            names.
     """
 
     def __init__(
@@ -132,23 +157,37 @@ class SharpnessCallback(Callback):
         cache_prefix: bool = True,
         pair_directions: bool = False,
         seed: int = 0,
-        filename: str = "sal.csv",
+        filename: str | None = None,
         dirpath: str | Path | None = None,
         input_key: str = "image",
         target_key: str = "label",
+        probe: str = "train",
+        name: str = "sal",
     ) -> None:
         super().__init__()
         check_number("SharpnessCallback", "every_n_epochs", every_n_epochs, minimum=1)
+        if probe not in PROBES:
+            raise SharpnessCallbackError(
+                f"SharpnessCallback: probe must be one of {list(PROBES)}, got {probe!r}"
+            )
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise SharpnessCallbackError(
+                "SharpnessCallback: name must be a file stem of letters, digits, '_', '.' "
+                f"or '-', got {name!r}"
+            )
         self.every_n_epochs = every_n_epochs
-        self.filename = filename
+        self.probe = probe
+        self.name = name
+        self.filename = filename if filename is not None else f"{name}.csv"
         self.dirpath = Path(dirpath) if dirpath is not None else None
         try:  # the settings check their own values
-            probe = ProbeSettings(
+            drawn = ProbeSettings(
                 size=probe_size,
                 batch_size=probe_batch_size,
                 seed=seed,
                 input_key=input_key,
                 target_key=target_key,
+                balanced=probe == "test",
             )
             settings = SALSettings(
                 eps=eps,
@@ -163,7 +202,7 @@ class SharpnessCallback(Callback):
             raise SharpnessCallbackError(f"SharpnessCallback: {err}") from None
         self.monitor = SalMonitor(
             settings=settings,
-            probe=probe,
+            probe=drawn,
             layers=layers,
             reference=reference,
             first_order=first_order,
@@ -178,6 +217,17 @@ class SharpnessCallback(Callback):
         self._resumed_step: int | None = None  # global step of the checkpoint resumed from
 
     # ------------------------------------------------------------------ state
+    @property
+    def state_key(self) -> str:
+        """The key of this instance's state in a checkpoint: one per ``name``.
+
+        ``SharpnessCallback`` for the default name (as before the option existed, so older
+        checkpoints resume), ``SharpnessCallback{'name': ...}`` for another.
+        """
+        if self.name == "sal":
+            return super().state_key
+        return self._generate_state_key(name=self.name)
+
     def state_dict(self) -> dict[str, Any]:
         """The SAL history (all rows so far), saved in Lightning checkpoints."""
         return self.monitor.state_dict()
@@ -187,8 +237,13 @@ class SharpnessCallback(Callback):
         self.monitor.load_state_dict(state_dict)
 
     def settings_record(self) -> dict[str, Any]:
-        """What ``sal.json`` records: the measurement's settings and ``every_n_epochs``."""
-        return {**self.monitor.settings_record(), "every_n_epochs": self.every_n_epochs}
+        """What ``sal.json`` records: the settings, ``every_n_epochs``, ``probe``, ``name``."""
+        return {
+            **self.monitor.settings_record(),
+            "every_n_epochs": self.every_n_epochs,
+            "probe": self.probe,
+            "name": self.name,
+        }
 
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -198,8 +253,10 @@ class SharpnessCallback(Callback):
         when the callback is built.
 
         Raises:
-            SharpnessCallbackError: The reference has other layers or tasks than the model.
+            SharpnessCallbackError: The data module has no ``probe`` source (see
+                :data:`PROBES`), or the reference has other layers or tasks than the model.
         """
+        self._source(trainer)  # refuse a data module without the probe before training
         reference = self.monitor.reference
         try:
             self.monitor.check(pl_module)
@@ -231,7 +288,7 @@ class SharpnessCallback(Callback):
         step, self._resumed_step = self._resumed_step, None
         rows = [row for row in self.monitor.rows if row["step"] == step]
         if rows:
-            self.monitor.probe_pairs(pl_module, lambda: _probe_dataset(trainer))
+            self.monitor.probe_pairs(pl_module, self._source(trainer))
             self._log(trainer, self.monitor.report(pl_module, rows, pl_module.device), step)
 
     def on_train_batch_end(
@@ -265,7 +322,7 @@ class SharpnessCallback(Callback):
             return
         rows = self.monitor.measure(
             pl_module,
-            lambda: _probe_dataset(trainer),
+            self._source(trainer),
             epoch=epoch,
             step=step,
             device=pl_module.device,
@@ -286,30 +343,59 @@ class SharpnessCallback(Callback):
         write_sal_csv(path, self.monitor.rows)
         write_sidecar(path, self.settings_record(), self.monitor.rows)
 
-    @staticmethod
-    def _log(trainer: Trainer, report: CheckpointReport, step: int) -> None:
+    def _log(self, trainer: Trainer, report: CheckpointReport, step: int) -> None:
+        def key(name: str) -> str:
+            return metric_name(name, self.name)
+
+        metrics = {key(k): v for k, v in report.metrics.items()}
         for logger in trainer.loggers:
-            logger.log_metrics(report.metrics, step=step)
+            logger.log_metrics(metrics, step=step)
             if not isinstance(logger, TensorBoardLogger):
                 continue
             for task, table in report.tables.items():
                 prefix = "sal" if task is None else f"sal/{task}"
                 figure = sal_heatmap(table, task)
-                logger.experiment.add_figure(f"{prefix}/heatmap", figure, global_step=step)
+                logger.experiment.add_figure(key(f"{prefix}/heatmap"), figure, global_step=step)
                 values = table.sal[-1][np.isfinite(table.sal[-1])]  # never nan/inf
                 if values.size:
-                    logger.experiment.add_histogram(f"{prefix}/histogram", values, global_step=step)
+                    logger.experiment.add_histogram(
+                        key(f"{prefix}/histogram"), values, global_step=step
+                    )
             if report.similarity is not None:
                 figure = task_similarity_figure(*report.similarity)
-                logger.experiment.add_figure("sal/task_similarity", figure, global_step=step)
+                logger.experiment.add_figure(key("sal/task_similarity"), figure, global_step=step)
+
+    def _source(self, trainer: Trainer) -> Callable[[], Dataset]:
+        """The data module's method that gives the ``probe`` source (see :data:`PROBES`).
+
+        Raises:
+            SharpnessCallbackError: The data module has no such method (one line naming
+                ``probe``, the method and the data module).
+        """
+        method, what = {
+            "train": ("probe_dataset", "the training samples as the model sees them"),
+            "test": ("heldout_probe_dataset", "the clean test split"),
+        }[self.probe]
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, method):
+            found = "no data module" if datamodule is None else type(datamodule).__name__
+            raise SharpnessCallbackError(
+                f"SharpnessCallback: probe {self.probe!r} needs a data module with {method}() "
+                f"({what}, without augmentation), found {found}"
+            )
+        return getattr(datamodule, method)
 
 
-def _probe_dataset(trainer: Trainer) -> Dataset:
-    """The data module's training samples as the model sees them, without augmentation."""
-    datamodule = trainer.datamodule
-    if datamodule is None or not hasattr(datamodule, "probe_dataset"):
-        raise SharpnessCallbackError(
-            "SharpnessCallback needs a data module with probe_dataset() (the training "
-            "samples as the model sees them, without augmentation)"
-        )
-    return datamodule.probe_dataset()
+def metric_name(key: str, name: str) -> str:
+    """The logged key of a SAL metric ``key`` (as listed in the module docstring) for ``name``.
+
+    ``name`` ``"sal"`` leaves the keys as they are; another puts every key under
+    ``<name>/``: ``sal/...`` becomes ``<name>/...``, any other key ``k`` (``ud``,
+    ``lp/count``, ``similarity/a/b``, ...) becomes ``<name>/k``. E.g. for ``sal_heldout``:
+    ``sal_heldout/conv1``, ``sal_heldout/mean``, ``sal_heldout/lp/count``, ``sal_heldout/ud``.
+    """
+    if name == "sal":
+        return key
+    if key.startswith("sal/"):
+        return f"{name}/{key[len('sal/') :]}"
+    return f"{name}/{key}"

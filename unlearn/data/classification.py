@@ -209,6 +209,14 @@ class ImageClassificationDataModule(BaseDataModule):
         fit_indices, _ = self._split_indices()
         return IndexedImageDataset(self.train_source, fit_indices, self._overlay)
 
+    def heldout_probe_dataset(self) -> IndexedImageDataset:
+        """The clean test split, no augmentation: the SAL callback's ``probe: test`` source.
+
+        Independent of ``seed``, ``val_fraction``, ``train_subset`` and the poison: the same
+        samples in every run on this data set.
+        """
+        return self.test_dataset()
+
     def train_dataset(self) -> IndexedImageDataset:
         """The training samples with poison and augmentation."""
         augmentation = self.train_augmentation() if self.augment else None

@@ -345,6 +345,11 @@ class IndexedImageDataset(Dataset):
             "index": torch.tensor(index, dtype=torch.long),
         }
 
+    @property
+    def labels(self) -> Tensor:
+        """``int64 [len(self)]``: the ``label`` of each item, read without loading an image."""
+        return self.source.labels[self.indices]
+
     def with_transform(self, transform: Transform | None) -> IndexedImageDataset:
         """The same samples and poison with another transform."""
         return IndexedImageDataset(self.source, self.indices, self.poison, transform)

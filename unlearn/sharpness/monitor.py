@@ -60,7 +60,7 @@ class SalWarning(UserWarning):
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    """How the probe set is drawn from the training samples.
+    """How the probe set is drawn from the probe source (the training samples by default).
 
     Attributes:
         size: Number of samples (all where fewer), drawn once by ``seed``.
@@ -69,6 +69,8 @@ class ProbeSettings:
             touched).
         input_key: Key of the inputs in the items (single-task modules).
         target_key: Key of the targets in the items (single-task modules).
+        balanced: Draw class-balanced (:func:`draw_probe`) where every item's
+            ``target_key`` is a class index; otherwise (and where ``False``) a plain draw.
     """
 
     size: int = 1024
@@ -76,6 +78,7 @@ class ProbeSettings:
     seed: int = 0
     input_key: str = "image"
     target_key: str = "label"
+    balanced: bool = False
 
     def __post_init__(self) -> None:
         """Reject sizes below one (:class:`~unlearn.errors.ConfigError`, naming the field)."""
@@ -219,14 +222,13 @@ class SalMonitor:
 
         Args:
             module: The trained module (decides single- or multi-task pairs).
-            dataset: Gives the training samples as the model sees them, unaugmented (called
-                once).
+            dataset: Gives the probe source, unaugmented (called once): the training
+                samples as the model sees them, or another split (the callback's ``probe``).
         """
         if self._pairs is None:
             samples = dataset()
-            n = min(self.probe.size, len(samples))
-            generator = torch.Generator().manual_seed(self.probe.seed)
-            chosen = torch.randperm(len(samples), generator=generator)[:n].tolist()
+            chosen = draw_probe(samples, self.probe)
+            n = len(chosen)
             items = [samples[i] for i in chosen]
             size = self.probe.batch_size or n
             if isinstance(module, HasSALViews):
@@ -377,6 +379,64 @@ class SalMonitor:
                     SalWarning,
                     stacklevel=3,
                 )
+
+
+def draw_probe(samples: Dataset, probe: ProbeSettings) -> list[int]:
+    """Positions of the probe set in ``samples``: ``min(probe.size, len(samples))`` of them.
+
+    A plain draw is the first of a random order (``torch.randperm`` by ``probe.seed``). A
+    balanced one (``probe.balanced``, where every item's ``probe.target_key`` is a class
+    index) shuffles each class's members by ``probe.seed`` (classes in increasing order)
+    and takes them round-robin: the first of each class, then the second of each, and so
+    on, skipping a class once it is used up. So the classes give equal counts (one more for
+    the lowest classes, ``size % K`` of them) as far as their sizes allow, every probe batch
+    is about balanced too, and the set depends on the labels, ``size`` and ``seed`` only.
+
+    Args:
+        samples: The probe source (items are dicts; only the labels are read for a balanced
+            draw).
+        probe: The size, seed, target key and whether to balance.
+
+    Returns:
+        Distinct positions in ``[0, len(samples))``, in probe order.
+    """
+    n = min(probe.size, len(samples))
+    generator = torch.Generator().manual_seed(probe.seed)
+    labels = _class_labels(samples, probe.target_key) if probe.balanced else None
+    if labels is None:
+        return torch.randperm(len(samples), generator=generator)[:n].tolist()
+    classes = labels.unique(sorted=True)
+    members = [(labels == c).nonzero().flatten() for c in classes]
+    shuffled = [m[torch.randperm(m.numel(), generator=generator)] for m in members]
+    positions = torch.cat(shuffled)
+    # round r of the round-robin takes each class's r-th member, classes in order
+    rounds = torch.cat([torch.arange(m.numel()) for m in shuffled])
+    klass = torch.cat([torch.full((m.numel(),), k) for k, m in enumerate(shuffled)])
+    order = torch.argsort(rounds * len(shuffled) + klass)
+    return positions[order][:n].tolist()
+
+
+def _class_labels(samples: Dataset, key: str) -> Tensor | None:
+    """``int64 [N]`` class of every item, or ``None`` where an item has no integer class.
+
+    For ``key`` ``"label"`` a dataset's ``labels`` tensor ``[N]`` (the classification data
+    modules' datasets have one) gives them without loading the images; otherwise every item
+    is read.
+    """
+    found = getattr(samples, "labels", None) if key == "label" else None
+    if isinstance(found, Tensor) and found.shape == (len(samples),):
+        return None if found.is_floating_point() or found.is_complex() else found.long()
+    labels = []
+    for i in range(len(samples)):
+        item = samples[i]
+        value = item.get(key) if isinstance(item, dict) else None
+        if value is None:
+            return None
+        value = torch.as_tensor(value)
+        if value.ndim != 0 or value.is_floating_point() or value.is_complex():
+            return None
+        labels.append(int(value))
+    return torch.tensor(labels, dtype=torch.long)
 
 
 def _to(pairs: list[tuple[Tensor, Tensor]], device: torch.device) -> list:

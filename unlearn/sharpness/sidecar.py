@@ -9,7 +9,8 @@ a plain CSV, readable by ``csv``, pandas or a spreadsheet), and every comparison
 The file (``<name>.json`` for ``<name>.csv``), an object with the keys
 
 - ``format``: :data:`FORMAT`;
-- ``settings``: the values of :data:`COMPARED` and of :data:`RECORDED`;
+- ``settings``: the values of :data:`COMPARED` and of :data:`RECORDED` (a file written
+  before ``probe`` existed has none: it is read as ``"train"``, see :data:`DEFAULTS`);
 - ``non_finite``: the marker of a diverged run: one entry ``{"epoch", "step", "layers"}``
   (and ``"task"`` in a multi-task run) per checkpoint and task whose SAL is ``nan`` or
   ``inf`` in ``sal.csv`` (``[]`` for a finite run).
@@ -32,8 +33,11 @@ from unlearn.sharpness.ud import TASK_COLUMN, SalTableError
 FORMAT = 1
 
 #: Settings that change the SAL values, or which checkpoints UD(t) pairs up
-#: (``every_n_epochs``): two runs are compared only where these agree.
+#: (``every_n_epochs``): two runs are compared only where these agree. ``probe`` is the
+#: probe's source (``"train"``: the training images as the model sees them; ``"test"``: a
+#: clean held-out set): SAL on one is no reference for SAL on the other.
 COMPARED: tuple[str, ...] = (
+    "probe",
     "probe_size",
     "probe_batch_size",
     "steps_per_iter",
@@ -45,10 +49,14 @@ COMPARED: tuple[str, ...] = (
 )
 
 #: Settings recorded for the reader but not compared: the layer filter (the measured layer
-#: sets themselves are compared, from the tables) and the probe draw's seed (a clean and a
-#: poisoned run draw from different data anyway). ``cache_prefix`` and ``pair_directions``
-#: give the same values and are left out.
-RECORDED: tuple[str, ...] = ("layers", "seed")
+#: sets themselves are compared, from the tables), the probe draw's seed (a clean and a
+#: poisoned run draw from different data anyway) and the callback's ``name`` (the file stem
+#: and TensorBoard prefix). ``cache_prefix`` and ``pair_directions`` give the same values and
+#: are left out.
+RECORDED: tuple[str, ...] = ("layers", "seed", "name")
+
+#: The value of a compared setting that a sidecar written before it existed does not record.
+DEFAULTS: dict[str, Any] = {"probe": "train"}
 
 
 class SalSettingsError(SalTableError):
@@ -124,12 +132,19 @@ def read_sidecar(csv_path: str | Path) -> dict[str, Any] | None:
 
 
 def differences(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> list[str]:
-    """``"field a vs b"`` for each field of :data:`COMPARED` whose values differ."""
-    absent = "(not recorded)"
+    """``"field a vs b"`` for each field of :data:`COMPARED` whose values differ.
+
+    A field a side does not record has its :data:`DEFAULTS` value (``"(not recorded)"``
+    where it has none).
+    """
+
+    def value(settings: Mapping[str, Any], key: str) -> Any:
+        return settings.get(key, DEFAULTS.get(key, "(not recorded)"))
+
     return [
-        f"{k} {ours.get(k, absent)} vs {theirs.get(k, absent)}"
+        f"{k} {value(ours, k)} vs {value(theirs, k)}"
         for k in COMPARED
-        if ours.get(k, absent) != theirs.get(k, absent)
+        if value(ours, k) != value(theirs, k)
     ]
 
 
