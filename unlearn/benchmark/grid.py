@@ -9,8 +9,9 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from unlearn.errors import UnlearnError
+from unlearn.errors import UnlearnError, check_number
 
 #: the method name that means "no poison" (the clean reference of every other method)
 CLEAN = "clean"
@@ -18,6 +19,23 @@ CLEAN = "clean"
 NO_DEFENSE = "none"
 #: what a name of the grid (data, method, model, defense, the benchmark's) may be made of
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: The UD measures of a cell (docs/benchmark.md), name -> its ``results.csv`` column: the
+#: headline count UD of ``sal.csv``; exploratory (a), the count UD of ``sal_heldout.csv``
+#: (SAL on clean held-out images); exploratory (b), the count UD of SAL / (L0 + 1)
+MEASURES: dict[str, str] = {"headline": "ud", "heldout": "ud_heldout",
+                            "scale_free": "ud_scale_free"}  # fmt: skip
+#: The kinds of a pre-registered hypothesis -> the fields its entry must give besides ``id``
+#: and ``kind`` (evaluated by :mod:`unlearn.benchmark.hypotheses`)
+HYPOTHESIS_KINDS: dict[str, tuple[str, ...]] = {
+    "below_floor": ("methods",),
+    "not_below_floor": ("methods",),
+    "above_one_and_floor": ("methods",),
+    "defense_raises": ("methods", "defense"),
+    "spearman_above": ("threshold",),
+}
+#: The fields any hypothesis may give, with their defaults
+HYPOTHESIS_DEFAULTS: dict[str, Any] = {"measure": "headline", "defense": NO_DEFENSE,
+                                       "alpha": 0.05}  # fmt: skip
 
 
 @dataclass
@@ -66,6 +84,10 @@ class BenchmarkSpec:
         output_dir: where the grid writes its cells, poisons and report (default
             ``runs/benchmark/<name>``). A path inside the repository keeps the small text
             results under version control (see docs/benchmark.md).
+        hypotheses: the pre-registered hypotheses the report answers, each a mapping with
+            ``id``, ``kind`` (one of :data:`HYPOTHESIS_KINDS`) and that kind's fields, and
+            optionally ``measure``, ``defense``, ``alpha`` (:data:`HYPOTHESIS_DEFAULTS`).
+            They change no cell, command or poison.
     """
 
     name: str = "benchmark"
@@ -81,6 +103,7 @@ class BenchmarkSpec:
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
     defense_methods: dict[str, list[str]] = field(default_factory=dict)
     output_dir: str | None = None
+    hypotheses: list[dict] = field(default_factory=list)
 
     def check(self) -> None:
         """Refuse an empty or inconsistent grid with a message naming the field."""
@@ -122,6 +145,10 @@ class BenchmarkSpec:
                     f"{where}: must include '{CLEAN}', the reference of this defense's UDs; "
                     f"found {methods}"
                 )
+        ids: set[str] = set()
+        for i, entry in enumerate(self.hypotheses):
+            self._check_hypothesis(i, entry, ids)
+            ids.add(entry["id"])
         for name, path in self.train_configs.items():
             if not Path(path).is_file():
                 raise UnlearnError(f"benchmark: train_configs.{name}: file '{path}' not found")
@@ -135,6 +162,90 @@ class BenchmarkSpec:
             raise UnlearnError(
                 f"benchmark: slurm.cpus_per_task must be >= 1; found {slurm.cpus_per_task}"
             )
+
+    def _check_hypothesis(self, i: int, entry: Any, ids: set[str]) -> None:
+        """Refuse entry ``i`` of :attr:`hypotheses` naming ``hypotheses[i].field``.
+
+        ``ids``: the ids of the entries before it (an id names one hypothesis).
+        """
+        where = f"benchmark: hypotheses[{i}]"
+        if not isinstance(entry, dict):
+            raise UnlearnError(f"{where}: expected a mapping with 'id' and 'kind'; found {entry!r}")
+        kind = entry.get("kind")
+        if kind not in HYPOTHESIS_KINDS:
+            raise UnlearnError(
+                f"{where}.kind: expected one of {list(HYPOTHESIS_KINDS)}; found {kind!r}"
+            )
+        name = entry.get("id")
+        if not isinstance(name, str) or not name.strip():
+            raise UnlearnError(f"{where}.id: expected a name such as 'H1'; found {name!r}")
+        if name in ids:
+            raise UnlearnError(f"{where}.id: expected an id of its own; found {name!r} twice")
+        needed = HYPOTHESIS_KINDS[kind]
+        allowed = ["id", "kind", *needed, *(k for k in HYPOTHESIS_DEFAULTS if k not in needed)]
+        for key in entry:
+            if key not in allowed:
+                raise UnlearnError(
+                    f"{where}.{key}: expected only the fields {allowed} for kind '{kind}'; "
+                    f"found {key!r}"
+                )
+        for key in needed:
+            if key not in entry:
+                raise UnlearnError(f"{where}.{key}: expected for kind '{kind}'; found none")
+        measure = entry.get("measure", HYPOTHESIS_DEFAULTS["measure"])
+        if measure not in MEASURES:
+            raise UnlearnError(
+                f"{where}.measure: expected one of {list(MEASURES)}; found {measure!r}"
+            )
+        alpha = entry.get("alpha", HYPOTHESIS_DEFAULTS["alpha"])
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise UnlearnError(f"{where}.alpha: expected a number in (0, 1); found {alpha!r}")
+        check_number("", f"{where}.alpha", alpha, above=0, below=1)
+        defense = entry.get("defense", HYPOTHESIS_DEFAULTS["defense"])
+        if defense not in self.defenses:
+            default = "" if "defense" in entry else " (the default)"
+            raise UnlearnError(
+                f"{where}.defense: expected one of {list(self.defenses)}; found "
+                f"{defense!r}{default}"
+            )
+        if kind == "defense_raises" and (defense == NO_DEFENSE or NO_DEFENSE not in self.defenses):
+            raise UnlearnError(
+                f"{where}.defense: expected a defense other than '{NO_DEFENSE}' (compared with "
+                f"the grid's '{NO_DEFENSE}' cells, which 'defenses' must have); found {defense!r}"
+            )
+        if "methods" in needed:
+            self._check_hypothesis_methods(where, entry["methods"], kind, defense)
+        if kind == "spearman_above":
+            threshold = entry["threshold"]
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+                raise UnlearnError(
+                    f"{where}.threshold: expected a number in [-1, 1); found {threshold!r}"
+                )
+            check_number("", f"{where}.threshold", threshold, minimum=-1, below=1)
+
+    def _check_hypothesis_methods(self, where: str, methods: Any, kind: str, defense: str) -> None:
+        """Refuse ``methods`` unless poisoned methods run under ``defense`` (and without one).
+
+        The second only for ``defense_raises``, which compares the two.
+        """
+        if not isinstance(methods, list) or not methods:
+            raise UnlearnError(
+                f"{where}.methods: expected a non-empty list of methods; found {methods!r}"
+            )
+        defenses = [defense, NO_DEFENSE] if kind == "defense_raises" else [defense]
+        for method in methods:
+            if method not in self.methods or method == CLEAN:
+                poisoned = [m for m in self.methods if m != CLEAN]
+                raise UnlearnError(
+                    f"{where}.methods: expected methods of the grid {poisoned}; found {method!r}"
+                )
+            for name in defenses:
+                run = self.defense_methods.get(name, self.methods)
+                if method not in run:
+                    raise UnlearnError(
+                        f"{where}.methods: expected methods the grid runs with defense "
+                        f"'{name}' {[m for m in run if m != CLEAN]}; found {method!r}"
+                    )
 
 
 @dataclass(frozen=True, order=True)

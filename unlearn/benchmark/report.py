@@ -1,9 +1,15 @@
 """Collect a benchmark's finished cells into ``results.csv``, ``report.md`` and figures.
 
-Also the noise floor of each (data, model, defense) with at least two clean seeds: the UD of
-every clean seed against every other (:mod:`unlearn.sharpness.floor`), and per method the
-permutation test of its seeds' UDs against it, in ``floor.csv`` and the report's "Noise
-floor" section.
+Each cell has three UD measures (:data:`~unlearn.benchmark.grid.MEASURES`), each against the
+clean cell of the same data, model, defense and seed: the headline count UD of ``sal.csv``
+(``ud``), and the exploratory count UDs of ``sal_heldout.csv`` (``ud_heldout``: SAL on clean
+held-out images) and of SAL / (L0 + 1) from ``sal.csv`` (``ud_scale_free``).
+
+Also the noise floor of each measure and (data, model, defense) with at least two clean
+seeds: the UD of every clean seed against every other (:mod:`unlearn.sharpness.floor`), and
+per method the permutation test of its seeds' UDs against it, in ``floor.csv`` and the
+report's "Noise floor" section; and the answers to the spec's pre-registered hypotheses
+(:mod:`unlearn.benchmark.hypotheses`).
 """
 
 from __future__ import annotations
@@ -19,9 +25,15 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from scipy.stats import spearmanr
 
-from unlearn.benchmark.grid import CLEAN, Cell, Layout
+from unlearn.benchmark.grid import CLEAN, MEASURES, Cell, Layout
+from unlearn.benchmark.hypotheses import (
+    Answer,
+    evaluate,
+    finite_values,
+    hypotheses_section,
+    ud_accuracy_spearman,
+)
 from unlearn.benchmark.runner import load_json
 from unlearn.errors import UnlearnError
 from unlearn.io import write_text_atomic
@@ -51,12 +63,29 @@ RESULT_COLUMNS = [
     "fit_seconds",
     "poison_seconds",
     "error",
+    MEASURES["heldout"],
+    MEASURES["scale_free"],
 ]
+#: Where each measure's SAL table comes from: the file beside ``sal.csv`` (``None``: that
+#: file itself) and what :meth:`SalTable.read` takes from it
+MEASURE_SOURCES: dict[str, tuple[str | None, str]] = {
+    "headline": (None, "sal"),
+    "heldout": ("sal_heldout.csv", "sal"),
+    "scale_free": (None, "scale_free"),
+}
+#: How the report names each measure
+MEASURE_LABELS = {
+    "headline": "Headline UD (count UD of sal.csv)",
+    "heldout": "Exploratory (a): held-out UD (count UD of sal_heldout.csv, SAL on clean "
+    "held-out images)",
+    "scale_free": "Exploratory (b): scale-free UD (count UD of SAL / (L0 + 1) from sal.csv)",
+}
 
 
 #: Level of the noise-floor test (one-sided "less", the pre-registered direction of H1)
 FLOOR_ALPHA = 0.05
 FLOOR_COLUMNS = [
+    "measure",
     "data",
     "model",
     "defense",
@@ -73,20 +102,72 @@ FLOOR_COLUMNS = [
 ]
 
 
-def _sal_table(layout: Layout, cell: Cell) -> SalTable | None:
+def sal_path(layout: Layout, cell: Cell, measure: str = "headline") -> Path:
+    """The SAL file of a cell's measure: ``sal.csv`` or the file beside it."""
+    name, _ = MEASURE_SOURCES[measure]
     path = layout.sal_file(cell)
+    return path if name is None else path.with_name(name)
+
+
+def _sal_table(layout: Layout, cell: Cell, measure: str = "headline") -> SalTable | None:
+    """The cell's table of ``measure``; None where its file is absent or unreadable.
+
+    A diverged run's probe loss L0 may be nan too, which the scale-free values refuse: its
+    plain SAL table is returned then, whose nan/inf makes its UD ``diverged`` as the
+    headline's is, not missing.
+    """
+    path = sal_path(layout, cell, measure)
     if not path.is_file():
         return None
+    value = MEASURE_SOURCES[measure][1]
     try:
-        return SalTable.read(path)
+        return SalTable.read(path, value=value)
+    except UnlearnError:
+        if value == "sal":
+            return None
+    try:
+        table = SalTable.read(path)
     except UnlearnError:
         return None
+    return table if table.divergence() is not None else None
+
+
+def _add_ud(row: dict[str, Any], measure: str, clean: SalTable | None,
+            mine: SalTable | None) -> None:  # fmt: skip
+    """Write a measure's UD (and, for the headline, its other counts) into ``row``.
+
+    Nothing where either table is missing; :data:`DIVERGED` where ``mine`` has a nan/inf SAL;
+    an error is appended to ``row["error"]`` as ``<column>: <message>``.
+    """
+    if clean is None or mine is None:
+        return
+    column = MEASURES[measure]
+    try:
+        measured = ud(clean, mine)
+    except SalDivergedError as err:  # its SAL is nan/inf: never a UD value
+        row[column] = DIVERGED
+        row["error"] = "; ".join(filter(None, [row["error"], f"{column}: {err}"]))
+        return
+    except UnlearnError as err:
+        row["error"] = "; ".join(filter(None, [row["error"], f"{column}: {err}"]))
+        return
+    row[column] = measured["ud"]
+    if measure != "headline":
+        return
+    row.update({k: measured[k] for k in ("ud_weighted", "lp_clean", "lp_poisoned", "beta")})
+    for suffix, _ in THRESHOLDS[1:]:
+        row[f"ud{suffix}"] = measured.get(f"ud{suffix}", "")
+        row[f"beta{suffix}"] = measured.get(f"beta{suffix}", "")
 
 
 def collect(layout: Layout) -> list[dict[str, Any]]:
-    """One row per cell: grid keys, metrics, UD against the clean cell, seconds, status."""
+    """One row per cell: grid keys, metrics, each measure's UD, seconds, status.
+
+    Each UD is against the clean cell of the same data, model, defense and seed.
+    """
     rows = []
-    tables = {cell: _sal_table(layout, cell) for cell in layout.cells()}
+    tables = {(cell, measure): _sal_table(layout, cell, measure)
+              for cell in layout.cells() for measure in MEASURES}  # fmt: skip
     for cell in layout.cells():
         row: dict[str, Any] = {column: "" for column in RESULT_COLUMNS}
         row.update(cell.keys())
@@ -111,35 +192,25 @@ def collect(layout: Layout) -> list[dict[str, Any]]:
         if poison is not None:
             timing = load_json(poison.parent / f"{poison.name}.seconds.json")
             row["poison_seconds"] = round(timing["seconds"], 1) if timing else ""
-        clean, mine = tables.get(cell.reference()), tables.get(cell)
-        if clean is not None and mine is not None:
-            try:
-                measured = ud(clean, mine)
-            except SalDivergedError as err:  # its SAL is nan/inf: never a UD value
-                row["ud"] = DIVERGED
-                row["error"] = f"ud: {err}"
-            except UnlearnError as err:
-                row["error"] = f"ud: {err}"
-            else:
-                row.update({k: measured[k] for k in ("ud", "ud_weighted", "lp_clean",
-                                                     "lp_poisoned", "beta")})  # fmt: skip
-                for suffix, _ in THRESHOLDS[1:]:
-                    row[f"ud{suffix}"] = measured.get(f"ud{suffix}", "")
-                    row[f"beta{suffix}"] = measured.get(f"beta{suffix}", "")
+        for measure in MEASURES:
+            clean = tables.get((cell.reference(), measure))
+            _add_ud(row, measure, clean, tables[(cell, measure)])
         rows.append(row)
     return rows
 
 
 def noise_floors(layout: Layout, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The noise floor of each (data, model, defense) and each method's test against it.
+    """The noise floor of each measure and (data, model, defense), each method's test against it.
 
-    The floor: UD of clean seed ``i`` against clean seed ``j`` for every ordered pair of the
-    finished clean cells with a SAL table (:func:`unlearn.sharpness.floor.noise_floor`). A
-    method's values: its seeds' UDs (against the clean cell of the same seed, as in
-    ``results.csv``; diverged seeds left out).
+    The floor of a measure: its UD of clean seed ``i`` against clean seed ``j`` for every
+    ordered pair of the finished clean cells with that measure's SAL table
+    (:func:`unlearn.sharpness.floor.noise_floor`). A method's values: its seeds' UDs of the
+    same measure (against the clean cell of the same seed, as in ``results.csv``; diverged
+    seeds left out).
 
     Returns:
-        One entry per (data, model, defense) with a clean cell: ``data``, ``model``,
+        One entry per measure (in the order of :data:`MEASURES`, the headline first) and
+        (data, model, defense) with a clean cell: ``measure``, ``data``, ``model``,
         ``defense``, ``seeds`` (the clean seeds used), ``values`` (the floor, ``[]`` where
         there is none), ``note`` (why there is none, else ``""``) and ``methods``: one dict per
         method with UDs, of :data:`FLOOR_COLUMNS` (``p_less``: one-sided, the method's UDs
@@ -147,44 +218,53 @@ def noise_floors(layout: Layout, rows: Sequence[dict[str, Any]]) -> list[dict[st
     """
     groups = _groups(rows)
     out = []
-    for data, model, method, defense in groups:
-        if method != CLEAN:
-            continue
-        clean = [row for row in groups[(data, model, CLEAN, defense)] if row["status"] == "ok"]
-        cells = [Cell(data, model, defense, row["seed"], CLEAN) for row in clean]
-        tables = [(cell.seed, _sal_table(layout, cell)) for cell in cells]
-        tables = [(seed, table) for seed, table in tables if table is not None]
-        entry: dict[str, Any] = {"data": data, "model": model, "defense": defense,
-                                 "seeds": [seed for seed, _ in tables], "values": [],
-                                 "note": "", "methods": []}  # fmt: skip
-        out.append(entry)
-        if len(tables) < 2:
-            entry["note"] = (
-                f"the floor needs at least two clean seeds with a SAL table; found {len(tables)}"
-            )
-            continue
-        try:
-            entry["values"] = values = noise_floor([table for _, table in tables])
-        except UnlearnError as err:
-            entry["note"] = f"no floor: {err}"
-            continue
-        for (d, m, name, f), group in groups.items():
-            uds = _numbers(group, "ud")
-            if (d, m, f) != (data, model, defense) or name == CLEAN or not uds:
-                continue
-            found, p_less = verdict(uds, values, "less", FLOOR_ALPHA)
-            entry["methods"].append({
-                "data": data, "model": model, "defense": defense, "method": name,
-                "n": len(uds), "ud_mean": statistics.fmean(uds), "floor_n": len(values),
-                "floor_mean": statistics.fmean(values), "floor_min": min(values),
-                "floor_max": max(values), "p_less": p_less,
-                "p_two_sided": permutation_test(uds, values, "two-sided"), "verdict": found,
-            })  # fmt: skip
+    for measure in MEASURES:
+        for data, model, method, defense in groups:
+            if method == CLEAN:
+                out.append(_floor_entry(layout, groups, measure, (data, model, defense)))
     return out
 
 
+def _floor_entry(
+    layout: Layout, groups: dict[tuple, list[dict[str, Any]]], measure: str,
+    where: tuple[str, str, str],
+) -> dict[str, Any]:  # fmt: skip
+    """The floor of one measure and ``where`` = (data, model, defense); see :func:`noise_floors`."""
+    data, model, defense = where
+    clean = [row for row in groups[(data, model, CLEAN, defense)] if row["status"] == "ok"]
+    cells = [Cell(data, model, defense, row["seed"], CLEAN) for row in clean]
+    tables = [(cell.seed, _sal_table(layout, cell, measure)) for cell in cells]
+    tables = [(seed, table) for seed, table in tables if table is not None]
+    entry: dict[str, Any] = {"measure": measure, "data": data, "model": model,
+                             "defense": defense, "seeds": [seed for seed, _ in tables],
+                             "values": [], "note": "", "methods": []}  # fmt: skip
+    if len(tables) < 2:
+        entry["note"] = (
+            f"the floor needs at least two clean seeds with a SAL table; found {len(tables)}"
+        )
+        return entry
+    try:
+        entry["values"] = values = noise_floor([table for _, table in tables])
+    except UnlearnError as err:
+        entry["note"] = f"no floor: {err}"
+        return entry
+    for (d, m, name, f), group in groups.items():
+        uds = finite_values(group, MEASURES[measure])
+        if (d, m, f) != where or name == CLEAN or not uds:
+            continue
+        found, p_less = verdict(uds, values, "less", FLOOR_ALPHA)
+        entry["methods"].append({
+            "measure": measure, "data": data, "model": model, "defense": defense,
+            "method": name, "n": len(uds), "ud_mean": statistics.fmean(uds),
+            "floor_n": len(values), "floor_mean": statistics.fmean(values),
+            "floor_min": min(values), "floor_max": max(values), "p_less": p_less,
+            "p_two_sided": permutation_test(uds, values, "two-sided"), "verdict": found,
+        })  # fmt: skip
+    return entry
+
+
 def write_floor_csv(floors: Sequence[dict[str, Any]], path: Path) -> None:
-    """One row per (data, model, defense, method) with a floor test (atomically)."""
+    """One row per (measure, data, model, defense, method) with a floor test (atomically)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FLOOR_COLUMNS)
     writer.writeheader()
@@ -195,24 +275,44 @@ def write_floor_csv(floors: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def floor_section(floors: Sequence[dict[str, Any]]) -> list[str]:
-    """The report's "Noise floor" lines (heading included)."""
+    """The report's "Noise floor" lines (heading included), one part per measure."""
     lines = ["", "## Noise floor: UD of clean seeds against each other", ""]
     lines.append(
-        "Floor: UD of clean seed i against clean seed j, every ordered pair i != j, per data, "
-        "model and defense. Each method's seeds' UDs against it: exact permutation test of the "
-        f"difference of means; verdict one-sided (below the floor) at alpha {FLOOR_ALPHA}, the "
-        "two-sided p beside it."
+        "Floor: UD of clean seed i against clean seed j, every ordered pair i != j, per "
+        "measure, data, model and defense (each measure has its own floor). Each method's "
+        "seeds' UDs of the same measure against it: exact permutation test of the difference "
+        f"of means; verdict one-sided (below the floor) at alpha {FLOOR_ALPHA}, the two-sided p "
+        "beside it."
     )
     if not floors:
         lines += ["", "No clean cells: no floor."]
         return lines
-    for entry in floors:
+    for measure in MEASURES:
+        entries = [entry for entry in floors if entry["measure"] == measure]
+        lines += ["", f"### {MEASURE_LABELS[measure]}"]
+        if all(not entry["seeds"] for entry in entries):
+            file = _sal_file_name(measure)
+            lines += ["", f"No finished clean cell has a readable {file}: no floor."]
+            continue
+        lines += _floor_lines(entries)
+    return lines
+
+
+def _sal_file_name(measure: str) -> str:
+    """The name of a measure's SAL file (``sal.csv`` or the one beside it)."""
+    return MEASURE_SOURCES[measure][0] or "sal.csv"
+
+
+def _floor_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """The floors and tests of one measure's entries."""
+    lines: list[str] = []
+    for entry in entries:
         where = f"{entry['data']}, {entry['model']}, defense {entry['defense']}"
         if entry["note"]:
             lines += ["", f"- {where}: {entry['note']}."]
             continue
         values = entry["values"]
-        lines += ["", f"### {where}", ""]
+        lines += ["", f"#### {where}", ""]
         lines.append(
             f"Floor over seeds {entry['seeds']}: {len(values)} values "
             f"[{', '.join(f'{v:.3g}' for v in values)}], mean {statistics.fmean(values):.3g}, "
@@ -247,15 +347,6 @@ def _fmt_cell(value: Any) -> Any:
     return value
 
 
-def _numbers(rows: Sequence[dict[str, Any]], key: str) -> list[float]:
-    out = []
-    for row in rows:
-        value = row.get(key, "")
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            out.append(float(value))
-    return out
-
-
 def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
     """``"m ± s"`` over seeds (``±`` omitted for one value, ``-`` for none)."""
     if not values:
@@ -264,27 +355,6 @@ def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> st
     if len(values) == 1:
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
-
-
-def ud_accuracy_spearman(rows: Sequence[dict[str, Any]]) -> tuple[float, float, int]:
-    """Spearman's rho between UD and test accuracy over the cells with both, its p-value, n.
-
-    ``nan`` for rho and p where fewer than 3 cells have both or either is constant (checked
-    here, so scipy never warns about constant input).
-    """
-    pairs = [
-        (row["ud"], row["test_acc"])
-        for row in rows
-        if isinstance(row.get("ud"), float) and math.isfinite(row["ud"])
-        and isinstance(row.get("test_acc"), float)
-    ]  # fmt: skip
-    if len(pairs) < 3:
-        return math.nan, math.nan, len(pairs)
-    ud_values, acc_values = zip(*pairs, strict=True)
-    if len(set(ud_values)) < 2 or len(set(acc_values)) < 2:
-        return math.nan, math.nan, len(pairs)
-    result = spearmanr(ud_values, acc_values)
-    return float(result.statistic), float(result.pvalue), len(pairs)
 
 
 def _in_spec_order(rows: Sequence[dict[str, Any]], key: str, order: Sequence[str]) -> list[str]:
@@ -300,6 +370,41 @@ def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]
     return groups
 
 
+def _ud_text(group: Sequence[dict[str, Any]], column: str) -> str:
+    """A condition's UD ``"m ± s"`` over seeds, with ``(k diverged)`` where seeds diverged."""
+    text = mean_std(finite_values(group, column))
+    diverged = sum(row.get(column) == DIVERGED for row in group)
+    return text + (f" ({diverged} diverged)" if diverged else "")
+
+
+def exploratory_section(
+    rows: Sequence[dict[str, Any]], spec_methods: Sequence[str], defenses: Sequence[str]
+) -> list[str]:
+    """The report's "Exploratory measures" lines: each condition's UD under every measure."""
+    groups = _groups(rows)
+    lines = ["", "## Exploratory measures (beside the headline UD, never in its place)", ""]
+    lines.append(
+        "UD against the clean run of the same data, model, defense and seed, mean ± std over "
+        "seeds, under each measure: the headline count UD of sal.csv (as above); held-out, the "
+        "same count UD of sal_heldout.csv (SAL on clean held-out images; - where a cell has "
+        "none); scale-free, the count UD of SAL / (L0 + 1) from sal.csv. Exploratory: each has "
+        "its own noise floor below."
+    )
+    names = {"headline": "UD (headline)", "heldout": "UD held-out", "scale_free": "UD scale-free"}
+    for data, model in dict.fromkeys((row["data"], row["model"]) for row in rows):
+        lines += ["", f"### {data}, {model}", ""]
+        lines.append("| method | defense | " + " | ".join(names[m] for m in MEASURES) + " |")
+        lines.append("|---|---|" + "---|" * len(MEASURES))
+        for method in spec_methods:
+            for defense in defenses:
+                group = groups.get((data, model, method, defense))
+                if not group:
+                    continue
+                texts = [_ud_text(group, column) for column in MEASURES.values()]
+                lines.append(f"| {method} | {defense} | " + " | ".join(texts) + " |")
+    return lines
+
+
 def markdown_report(
     name: str,
     rows: list[dict[str, Any]],
@@ -307,8 +412,13 @@ def markdown_report(
     spec_methods: Sequence[str],
     spec_defenses: Sequence[str],
     floors: Sequence[dict[str, Any]] | None = None,
+    answers: Sequence[Answer] = (),
 ) -> str:
-    """The ``report.md`` text; ``floors`` (:func:`noise_floors`) adds the "Noise floor" section."""
+    """The ``report.md`` text.
+
+    ``floors`` (:func:`noise_floors`) adds the "Noise floor" section, ``answers``
+    (:func:`unlearn.benchmark.hypotheses.evaluate`) the "Pre-registered hypotheses" section.
+    """
     groups = _groups(rows)
     defenses = _in_spec_order(rows, "defense", spec_defenses)
     settings = list(dict.fromkeys((row["data"], row["model"]) for row in rows))
@@ -329,12 +439,10 @@ def markdown_report(
             cells = []
             for defense in defenses:
                 group = groups.get((data, model, method, defense), [])
-                acc = mean_std(_numbers(group, "test_acc"), scale=100, digits=1)
-                ud_text = mean_std(_numbers(group, "ud"))
-                diverged = sum(row["ud"] == DIVERGED for row in group)
-                ud_text += f" ({diverged} diverged)" if diverged else ""
-                cells.append(f"{acc} \\| {ud_text}")
+                acc = mean_std(finite_values(group, "test_acc"), scale=100, digits=1)
+                cells.append(f"{acc} \\| {_ud_text(group, 'ud')}")
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += exploratory_section(rows, spec_methods, defenses)
     rho, p, n = ud_accuracy_spearman(rows)
     lines += ["", "## Correlation of UD and test accuracy", ""]
     if math.isnan(rho):
@@ -352,16 +460,18 @@ def markdown_report(
     for (data, model, method, defense), group in groups.items():
         if method == CLEAN:
             continue
-        values = [mean_std(_numbers(group, f"ud{suffix}")) for suffix, _ in THRESHOLDS]
+        values = [mean_std(finite_values(group, f"ud{suffix}")) for suffix, _ in THRESHOLDS]
         lines.append(f"| {data} | {model} | {method} | {defense} | " + " | ".join(values) + " |")
     if floors is not None:
         lines += floor_section(floors)
-    diverged = [row for row in rows if row["ud"] == DIVERGED]
+    lines += hypotheses_section(answers)
+    diverged = [row for row in rows if DIVERGED in (row.get(c) for c in MEASURES.values())]
     if diverged:
-        lines += ["", "## Diverged runs (SAL nan/inf: no UD)", ""]
+        lines += ["", "## Diverged runs (SAL nan/inf: no UD of that measure)", ""]
         for row in diverged:
             cell_id = "__".join(str(row[k]) for k in KEY_COLUMNS)
-            lines.append(f"- `{cell_id}`: {row['error']}")
+            which = [m for m, column in MEASURES.items() if row.get(column) == DIVERGED]
+            lines.append(f"- `{cell_id}` ({', '.join(which)}): {row['error']}")
     failed = [row for row in rows if row["status"] == "failed"]
     if failed:
         lines += ["", "## Failed cells", ""]
@@ -371,7 +481,7 @@ def markdown_report(
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in figures]
-    seconds = _numbers(rows, "fit_seconds")
+    seconds = finite_values(rows, "fit_seconds")
     if seconds:
         lines += [
             "",
@@ -393,7 +503,7 @@ def make_figures(
     methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != CLEAN))
     defenses = _in_spec_order(rows, "defense", spec_defenses)
     settings = list(dict.fromkeys((r["data"], r["model"]) for r in rows))
-    if not methods or not any(_numbers(rows, "ud")):
+    if not methods or not any(finite_values(rows, "ud")):
         return names
     data, model = settings[0]
 
@@ -403,7 +513,7 @@ def make_figures(
     for j, defense in enumerate(defenses):
         means, stds = [], []
         for method in methods:
-            values = _numbers(groups.get((data, model, method, defense), []), "ud")
+            values = finite_values(groups.get((data, model, method, defense), []), "ud")
             means.append(statistics.fmean(values) if values else np.nan)
             stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
         x = np.arange(len(methods)) + (j - (len(defenses) - 1) / 2) * width
@@ -472,15 +582,20 @@ def make_figures(
 
 
 def write_report(layout: Layout) -> Path:
-    """Collect the cells; write ``results.csv``, ``floor.csv``, the figures and ``report.md``."""
+    """Collect the cells; write ``results.csv``, ``floor.csv``, the figures and ``report.md``.
+
+    The report answers the spec's hypotheses (:mod:`unlearn.benchmark.hypotheses`).
+    """
     rows = collect(layout)
     layout.root.mkdir(parents=True, exist_ok=True)
     write_results_csv(rows, layout.root / "results.csv")
     floors = noise_floors(layout, rows)
     write_floor_csv(floors, layout.root / "floor.csv")
+    answers = evaluate(layout.spec, rows, floors)
     defenses = list(layout.spec.defenses)
     figures = make_figures(layout, rows, layout.root, defenses)
-    text = markdown_report(layout.spec.name, rows, figures, layout.spec.methods, defenses, floors)
+    text = markdown_report(layout.spec.name, rows, figures, layout.spec.methods, defenses,
+                           floors, answers)  # fmt: skip
     path = layout.root / "report.md"
     write_text_atomic(path, text)
     return path
