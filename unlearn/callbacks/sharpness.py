@@ -90,7 +90,8 @@ class SharpnessCallback(Callback):
 
     The arguments are flat (as in ``callbacks/sal.yaml``); they are grouped into
     :attr:`monitor`'s :class:`~unlearn.sharpness.SALSettings` (``eps``, ``iters``,
-    ``lr_min``, ``lr_max``, ``steps_per_iter``, ``cache_prefix``, ``pair_directions``) and
+    ``lr_min``, ``lr_max``, ``steps_per_iter``, ``cache_prefix``, ``pair_directions``,
+    ``chain_group``) and
     :class:`~unlearn.sharpness.monitor.ProbeSettings` (``probe_size``, ``probe_batch_size``,
     ``seed``, ``input_key``, ``target_key``).
 
@@ -122,6 +123,10 @@ class SharpnessCallback(Callback):
         cache_prefix: Cache the activations that do not depend on the measured layer.
         pair_directions: Run each layer's descent and ascent together (vectorised); same
             values, faster only where one probe batch does not fill the device.
+        chain_group: Layers whose chains run together in one vectorised call per step:
+            ``1`` (one at a time), an integer ``k``, ``"all"`` or ``"auto"`` (the largest
+            group that fits in half the free GPU memory; 1 on a CPU); same values
+            (:attr:`~unlearn.sharpness.SALSettings.chain_group`).
         seed: Seed of the probe subset.
         filename: Name of the SAL table in the log directory (the settings go beside it,
             under the same name with ``.json``); default ``<name>.csv``.
@@ -156,6 +161,7 @@ class SharpnessCallback(Callback):
         first_order: bool = False,
         cache_prefix: bool = True,
         pair_directions: bool = False,
+        chain_group: int | str = 1,
         seed: int = 0,
         filename: str | None = None,
         dirpath: str | Path | None = None,
@@ -197,6 +203,7 @@ class SharpnessCallback(Callback):
                 steps_per_iter=steps_per_iter,
                 cache_prefix=cache_prefix,
                 pair_directions=pair_directions,
+                chain_group=chain_group,
             )
         except ValueError as err:
             raise SharpnessCallbackError(f"SharpnessCallback: {err}") from None
