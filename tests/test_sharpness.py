@@ -290,8 +290,9 @@ def _assert_same(before: dict, after: dict) -> None:
             assert torch.equal(g, after["grad"][k]), k
 
 
+@pytest.mark.parametrize("chain_group", [1, "all"])  # one layer at a time; all batched
 @pytest.mark.parametrize("context", ["grad", "no_grad", "inference_mode"])
-def test_model_left_exactly_as_found(context: str) -> None:
+def test_model_left_exactly_as_found(context: str, chain_group: int | str) -> None:
     model = make_model()
     model.train()
     model.head.eval()  # a mixed state must come back as it was
@@ -313,9 +314,11 @@ def test_model_left_exactly_as_found(context: str) -> None:
         "inference_mode": torch.inference_mode,
     }
     with ctx[context]():
-        records = compute_sal(model, batches, settings=SALSettings(iters=2, steps_per_iter=2))
+        settings = SALSettings(iters=2, steps_per_iter=2, chain_group=chain_group)
+        records = compute_sal(model, batches, settings=settings)
         first_order_sal(model, batches)
     assert all(isinstance(r, LayerSAL) for r in records)
+    assert any(r.cached for r in records) == (chain_group == 1)  # "all": the grouped path ran
     assert torch.equal(torch.get_rng_state(), cpu_state)
     assert torch.equal(torch.rand(3), expected_next)
     if cuda:
