@@ -9,10 +9,11 @@ weight ``W0`` at the group's other layers, so each SGD step is one
 ``torch.func.vmap(functional_call(model, ...))`` over the ``2k`` members on the current probe
 batch (each group layer's weight stacked ``[2k, *shape]``), and one gradient of
 ``sum_m sign_m * loss_m`` with respect to the chains' own weights (the members do not
-interact, so each chain gets its own gradient). Projection onto each layer's ball
-(``eps * ||W0||``), the probe batches' order, the evaluation passes and the SAL of the
-histories are exactly those of :mod:`unlearn.sharpness.sal` (whose module docstring is the
-procedure), so the values are the same as one layer at a time.
+interact, so each chain gets its own gradient). Only that model call is this module's: the
+chains run through the same schedule as one layer at a time (``chains._chains``: the probe
+batches' order, projection onto each layer's ball ``eps * ||W0||``, the evaluation passes)
+and their SAL through the same ``chains._record``, so the procedure is the one of
+:mod:`unlearn.sharpness.sal` (whose module docstring states it) and the values are the same.
 
 The whole model runs every step (no prefix cache), but nothing before a group's first layer
 is batched: ``vmap`` computes it once for all members, and no gradient flows through it.
@@ -41,9 +42,9 @@ from torch.utils._pytree import tree_map
 from unlearn.sharpness.chains import (
     LayerSAL,
     SALSettings,
+    _chains,
     _layer_sal,
     _Probe,
-    _project,
     _record,
 )
 from unlearn.sharpness.prefix_cache import _frozen_params
@@ -57,8 +58,6 @@ ACTIVATION_FACTOR = 2
 
 #: Bytes per byte of a group's stacked weights: the stack, its gradient, the next step's.
 WEIGHT_FACTOR = 3
-
-History = list[tuple[float, float]]
 
 
 def grouped_sal(
@@ -236,13 +235,18 @@ def _weight_bytes(model: nn.Module, name: str) -> int:
 class _Members:
     """The group's model call over its ``2k`` members, vectorised with ``vmap``.
 
+    A :data:`~unlearn.sharpness.chains.StackedForward` of the group's chains, with the states
+    the probe's input batches.
+
     Args:
         model: The model (eval mode).
         group: The group's layers ``L1..Lk``; member ``2i`` and ``2i + 1`` own ``Li``.
+        w0: Each group layer's base weight, in the order of ``group``.
     """
 
-    def __init__(self, model: nn.Module, group: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, group: Sequence[str], w0: Sequence[Tensor]) -> None:
         self.params = _frozen_params(model)
+        self.w0 = list(w0)
         self.names = [f"{layer}.weight" for layer in group]
         self.size = 2 * len(group)
 
@@ -251,22 +255,22 @@ class _Members:
 
         self.batched = torch.func.vmap(call, in_dims=(0, None))
 
-    def stack(self, chains: Sequence[Tensor], w0: Sequence[Tensor]) -> dict[str, Tensor]:
+    def stack(self, chains: Sequence[Tensor]) -> dict[str, Tensor]:
         """Each group layer's weight of every member, ``[2k, *shape]``.
 
         Rows ``2i`` and ``2i + 1`` of layer ``Li`` are its chains' weights ``chains[i]``
         (``[2, *shape]``, differentiable), every other row is ``W0``.
         """
         stacked = {}
-        for i, (name, w, base) in enumerate(zip(self.names, chains, w0, strict=True)):
+        for i, (name, w, base) in enumerate(zip(self.names, chains, self.w0, strict=True)):
             before = base.expand(2 * i, *base.shape)
             after = base.expand(self.size - 2 * i - 2, *base.shape)
             stacked[name] = torch.cat([before, w, after])
         return stacked
 
-    def __call__(self, chains: Sequence[Tensor], w0: Sequence[Tensor], inputs: Tensor) -> list:
+    def __call__(self, chains: list[Tensor], inputs: Tensor) -> list:
         """The model outputs of each member on ``inputs``, in member order."""
-        outputs = self.batched(self.stack(chains, w0), inputs)
+        outputs = self.batched(self.stack(chains), inputs)
         return [tree_map(lambda t, m=m: t[m], outputs) for m in range(self.size)]
 
 
@@ -281,7 +285,9 @@ def _group_sal(
     """The records of one group's layers, their chains run together."""
     start = time.perf_counter()
     w0 = [model.get_submodule(layer).weight.detach() for layer in group]
-    histories = _group_chains(_Members(model, group), probe, w0, settings)
+    members = _Members(model, group, w0)
+    directions = [(settings.lr_min, 1.0), (settings.lr_max, -1.0)]
+    histories = _chains(members, probe.inputs, probe, w0, directions, settings)
     seconds = (time.perf_counter() - start) / len(group)
     return [
         _record(
@@ -296,91 +302,3 @@ def _group_sal(
         )
         for i, (layer, base) in enumerate(zip(group, w0, strict=True))
     ]
-
-
-def _group_chains(
-    members: _Members, probe: _Probe, w0: Sequence[Tensor], settings: SALSettings
-) -> list[History]:
-    """Run every member's chain in lockstep (the schedule of ``sal._chains``).
-
-    Args:
-        members: The group's vectorised model call.
-        probe: The probe batches.
-        w0: Each group layer's base weight.
-        settings: Iterations, learning rates, steps and radius.
-
-    Returns:
-        Per member (``2i``: layer ``i``'s descent, ``2i + 1``: its ascent), the (loss,
-        accuracy) on the probe set after each iteration.
-    """
-    batches = len(probe.inputs)
-    steps = settings.steps_per_iter or batches
-    single = batches == 1
-    radii = [settings.eps * base.norm() for base in w0]
-    # per member: (learning rate, sign); the pair of each layer is (descent, ascent)
-    directions = [(settings.lr_min, 1.0), (settings.lr_max, -1.0)] * len(w0)
-    signs = [sign for _, sign in directions]
-    lrs = [
-        torch.tensor([settings.lr_min, settings.lr_max], dtype=base.dtype, device=base.device)
-        for base in w0
-    ]
-    chains = [base.expand(2, *base.shape).clone() for base in w0]
-    histories: list[History] = [[] for _ in directions]
-    cursor = 0
-    for k in range(settings.iters):
-        for j in range(steps):
-            b = cursor % batches
-            cursor += 1
-            chains = [w.requires_grad_(True) for w in chains]
-            outputs = members(chains, w0, probe.inputs[b])
-            evaluated = single and j == 0 and k > 0  # the point projected in iteration k-1
-            losses = _step_losses(probe, outputs, b, histories if evaluated else None)
-            objective = sum(sign * loss for sign, loss in zip(signs, losses, strict=True))
-            grads = torch.autograd.grad(objective, chains)
-            chains = [
-                w.detach() - lr.view((-1,) + (1,) * base.dim()) * g
-                for w, lr, g, base in zip(chains, lrs, grads, w0, strict=True)
-            ]
-        chains = [
-            torch.stack([_project(w[d], base, radius) for d in range(2)])
-            for w, base, radius in zip(chains, w0, radii, strict=True)
-        ]
-        # a single batch is evaluated by the next iteration's first step, except the last
-        if not single or k == settings.iters - 1:
-            results = _evaluate(members, chains, w0, probe)
-            for history, result in zip(histories, results, strict=True):
-                history.append(result)
-    return histories
-
-
-def _step_losses(
-    probe: _Probe, outputs: Sequence[Any], b: int, histories: list[History] | None
-) -> list[Tensor]:
-    """Each member's mean loss on batch ``b``; with ``histories``, also record the evaluation.
-
-    Where the step's forward pass is the evaluation of the previous projection (a single
-    probe batch), each member's (loss, accuracy) is appended to its history.
-    """
-    if histories is None:
-        return [probe.loss_fn(out, probe.targets[b]) for out in outputs]
-    losses = []
-    for history, out in zip(histories, outputs, strict=True):
-        loss, correct = probe.score(out, b)
-        history.append((float(loss.detach()), correct / probe.total))
-        losses.append(loss)
-    return losses
-
-
-@torch.no_grad()
-def _evaluate(
-    members: _Members, chains: Sequence[Tensor], w0: Sequence[Tensor], probe: _Probe
-) -> History:
-    """Mean loss and accuracy over all probe batches of each member, in member order."""
-    loss_sum = [0.0] * members.size
-    correct = [0.0] * members.size
-    for b, inputs in enumerate(probe.inputs):
-        for m, out in enumerate(members(chains, w0, inputs)):
-            loss, c = probe.score(out, b)
-            loss_sum[m] += float(loss) * probe.sizes[b]
-            correct[m] += c
-    return [(ls / probe.total, c / probe.total) for ls, c in zip(loss_sum, correct, strict=True)]

@@ -250,66 +250,84 @@ class _Probe:
         return loss, correct
 
 
-#: ``forward(w, state)``: the model outputs for each of the stacked weights ``w[d]``.
-StackedForward = Callable[[Tensor, Any], list[Any]]
+#: ``forward(ws, state)``: the model outputs of every member, in member order: ``ws[l]`` is
+#: weight ``l``'s stack ``[D, *shape_l]`` (one row per direction), member ``l * D + d`` the
+#: model with row ``d`` of ``ws[l]`` in weight ``l``'s place.
+StackedForward = Callable[[list[Tensor], Any], list[Any]]
+
+#: One chain's (loss, accuracy) on the probe set after each iteration.
+History = list[tuple[float, float]]
 
 
 def _one_by_one(runner: FullRunner | SuffixRunner) -> StackedForward:
-    return lambda w, state: [runner(w[d], state) for d in range(w.shape[0])]
+    return lambda ws, state: [runner(ws[0][d], state) for d in range(ws[0].shape[0])]
 
 
 def _vectorised(runner: FullRunner | SuffixRunner) -> StackedForward:
     batched = torch.func.vmap(runner, in_dims=(0, None))
 
-    def forward(w: Tensor, state: Any) -> list[Any]:
-        outputs = batched(w, state)
-        return [tree_map(lambda t, d=d: t[d], outputs) for d in range(w.shape[0])]
+    def forward(ws: list[Tensor], state: Any) -> list[Any]:
+        outputs = batched(ws[0], state)
+        return [tree_map(lambda t, d=d: t[d], outputs) for d in range(ws[0].shape[0])]
 
     return forward
 
 
 def _chains(
     forward: StackedForward,
-    states: list[Any],
+    states: Sequence[Any],
     probe: _Probe,
-    w0: Tensor,
+    w0s: Sequence[Tensor],
     directions: Sequence[tuple[float, float]],
     settings: SALSettings,
-) -> list[list[tuple[float, float]]]:
-    """Run independent chains from ``w0`` in lockstep, one per (lr, sign) direction.
+) -> list[History]:
+    """Run independent chains in lockstep: from each weight ``w0s[l]``, one per (lr, sign).
 
-    The chains' weights are stacked ``[D, *w0.shape]``; each step takes one forward pass
-    through ``forward`` and one gradient of the signed losses' sum (the chains do not
-    interact, so each weight gets its own chain's gradient).
+    Weight ``l``'s chains are stacked ``[D, *w0s[l].shape]`` (``D`` directions); each step
+    takes one forward pass of every member through ``forward`` on the next state and one
+    gradient of the signed losses' sum (the chains do not interact, so each gets its own
+    chain's gradient), then each chain is projected onto its own weight's ball.
 
     Returns:
-        Per direction, the (loss, accuracy) on the probe set after each iteration.
+        Per member (``l * D + d``: weight ``l``, direction ``d``), the (loss, accuracy) on the
+        probe set after each iteration.
     """
     steps = settings.steps_per_iter or len(states)
     single = len(states) == 1
-    radius = settings.eps * w0.norm()
-    shape = (-1,) + (1,) * w0.dim()
-    lrs = torch.tensor([lr for lr, _ in directions], dtype=w0.dtype, device=w0.device)
-    signs = [sign for _, sign in directions]
-    w = w0.expand(len(directions), *w0.shape).clone()
-    histories: list[list[tuple[float, float]]] = [[] for _ in directions]
+    radii = [settings.eps * w0.norm() for w0 in w0s]
+    lrs = [
+        torch.tensor([lr for lr, _ in directions], dtype=w0.dtype, device=w0.device).view(
+            (-1,) + (1,) * w0.dim()
+        )
+        for w0 in w0s
+    ]
+    signs = [sign for _, sign in directions] * len(w0s)
+    ws = [w0.expand(len(directions), *w0.shape).clone() for w0 in w0s]
+    histories: list[History] = [[] for _ in signs]
     cursor = 0
     for k in range(settings.iters):
         for j in range(steps):
             b = cursor % len(states)
             cursor += 1
-            w.requires_grad_(True)
-            scores = [probe.score(out, b) for out in forward(w, states[b])]
+            ws = [w.requires_grad_(True) for w in ws]
+            outputs = forward(ws, states[b])
             if single and j == 0 and k > 0:  # loss at the point projected in iteration k-1
+                scores = [probe.score(out, b) for out in outputs]
                 for history, (loss, correct) in zip(histories, scores, strict=True):
                     history.append((float(loss.detach()), correct / probe.total))
-            objective = sum(sign * loss for sign, (loss, _) in zip(signs, scores, strict=True))
-            (grad,) = torch.autograd.grad(objective, w)
-            w = w.detach() - lrs.view(shape) * grad
-        w = torch.stack([_project(w[d], w0, radius) for d in range(len(directions))])
+                losses = [loss for loss, _ in scores]
+            else:  # the accuracy is not needed: no synchronising read of it
+                losses = [probe.loss_fn(out, probe.targets[b]) for out in outputs]
+            objective = sum(sign * loss for sign, loss in zip(signs, losses, strict=True))
+            grads = torch.autograd.grad(objective, ws)
+            ws = [w.detach() - lr * g for w, lr, g in zip(ws, lrs, grads, strict=True)]
+        ws = [
+            torch.stack([_project(w[d], w0, radius) for d in range(len(directions))])
+            for w, w0, radius in zip(ws, w0s, radii, strict=True)
+        ]
         # a single batch is evaluated by the next iteration's first step, except the last
         if not single or k == settings.iters - 1:
-            results = _evaluate(forward, states, probe, w)
+            results = _evaluate(forward, states, probe, ws)
             for history, result in zip(histories, results, strict=True):
                 history.append(result)
     return histories
@@ -317,16 +335,17 @@ def _chains(
 
 @torch.no_grad()
 def _evaluate(
-    forward: StackedForward, states: list[Any], probe: _Probe, w: Tensor
-) -> list[tuple[float, float]]:
-    """Mean loss and accuracy over all probe batches at each stacked weight ``w[d]``."""
-    loss_sum = [0.0] * w.shape[0]
-    correct = [0.0] * w.shape[0]
+    forward: StackedForward, states: Sequence[Any], probe: _Probe, ws: list[Tensor]
+) -> History:
+    """Mean loss and accuracy over all probe batches of every member, in member order."""
+    members = sum(w.shape[0] for w in ws)
+    loss_sum = [0.0] * members
+    correct = [0.0] * members
     for b, state in enumerate(states):
-        for d, out in enumerate(forward(w, state)):
+        for m, out in enumerate(forward(ws, state)):
             loss, c = probe.score(out, b)
-            loss_sum[d] += float(loss) * probe.sizes[b]
-            correct[d] += c
+            loss_sum[m] += float(loss) * probe.sizes[b]
+            correct[m] += c
     return [(ls / probe.total, c / probe.total) for ls, c in zip(loss_sum, correct, strict=True)]
 
 
@@ -342,7 +361,9 @@ def _descent_and_ascent(
     descent, ascent = (settings.lr_min, 1.0), (settings.lr_max, -1.0)
     if settings.pair_directions:
         try:
-            down, up = _chains(_vectorised(runner), states, probe, w0, [descent, ascent], settings)
+            down, up = _chains(
+                _vectorised(runner), states, probe, [w0], [descent, ascent], settings
+            )
             return down, up
         except RuntimeError as err:  # an operation vmap cannot batch
             warnings.warn(
@@ -351,8 +372,8 @@ def _descent_and_ascent(
                 stacklevel=4,
             )
     forward = _one_by_one(runner)
-    (down,) = _chains(forward, states, probe, w0, [descent], settings)
-    (up,) = _chains(forward, states, probe, w0, [ascent], settings)
+    (down,) = _chains(forward, states, probe, [w0], [descent], settings)
+    (up,) = _chains(forward, states, probe, [w0], [ascent], settings)
     return down, up
 
 
