@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unlearn.benchmark.measures import MEASURES
 from unlearn.errors import UnlearnError, check_number
 
 #: the method name that means "no poison" (the clean reference of every other method)
@@ -19,11 +20,6 @@ CLEAN = "clean"
 NO_DEFENSE = "none"
 #: what a name of the grid (data, method, model, defense, the benchmark's) may be made of
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-#: The UD measures of a cell (docs/benchmark.md), name -> its ``results.csv`` column: the
-#: headline count UD of ``sal.csv``; exploratory (a), the count UD of ``sal_heldout.csv``
-#: (SAL on clean held-out images); exploratory (b), the count UD of SAL / (L0 + 1)
-MEASURES: dict[str, str] = {"headline": "ud", "heldout": "ud_heldout",
-                            "scale_free": "ud_scale_free"}  # fmt: skip
 #: The kinds of a pre-registered hypothesis -> the fields its entry must give besides ``id``
 #: and ``kind`` (evaluated by :mod:`unlearn.benchmark.hypotheses`)
 HYPOTHESIS_KINDS: dict[str, tuple[str, ...]] = {

@@ -4,7 +4,7 @@ Each entry of :attr:`~unlearn.benchmark.grid.BenchmarkSpec.hypotheses` (checked 
 :meth:`~unlearn.benchmark.grid.BenchmarkSpec.check`) is answered from the finished cells'
 ``results.csv`` rows and the noise floors of the report: **yes**, **no**, or **not yet** (a
 cell it needs has not finished, or has no UD to test). The UDs are those of the entry's
-``measure`` (:data:`~unlearn.benchmark.grid.MEASURES`, the headline count UD by default);
+``measure`` (:data:`~unlearn.benchmark.measures.MEASURES`, the headline count UD by default);
 the floor of a (data, model, defense) is that measure's clean-vs-clean floor. Kinds:
 
 - ``below_floor`` (``methods``): per method, the one-sided ("less") exact permutation test of
@@ -36,12 +36,11 @@ from typing import Any
 
 from scipy.stats import spearmanr
 
-from unlearn.benchmark.grid import CLEAN, HYPOTHESIS_DEFAULTS, MEASURES, NO_DEFENSE, BenchmarkSpec
+from unlearn.benchmark.grid import CLEAN, HYPOTHESIS_DEFAULTS, NO_DEFENSE, BenchmarkSpec
+from unlearn.benchmark.measures import MEASURES
 from unlearn.sharpness.floor import permutation_test, verdict
 
 YES, NO, NOT_YET = "yes", "no", "not yet"
-#: How a measure is named in the answers
-MEASURE_NAMES = {"headline": "UD", "heldout": "held-out UD", "scale_free": "scale-free UD"}
 
 
 @dataclass
@@ -92,7 +91,7 @@ def ud_accuracy_spearman(
 
     Args:
         rows: ``results.csv`` rows (:func:`unlearn.benchmark.report.collect`).
-        column: The UD column (:data:`~unlearn.benchmark.grid.MEASURES`' values).
+        column: The UD column (a :class:`~unlearn.benchmark.measures.Measure`'s ``column``).
         defense: Only the cells with this defense; every cell where None.
         alternative: Of :func:`scipy.stats.spearmanr`: ``"two-sided"``, ``"greater"``
             (rho > 0) or ``"less"``.
@@ -170,10 +169,10 @@ def _floor_line(
     why = _waiting({method: own, CLEAN: clean})
     if why:
         return _not_yet(label, why)
-    uds = finite_values(own, MEASURES[measure])
+    uds = finite_values(own, MEASURES[measure].column)
     floor = ctx.floor(measure, setting, defense)
     if not uds:
-        return _not_yet(label, f"no {MEASURE_NAMES[measure]} of a finished {method} cell")
+        return _not_yet(label, f"no {MEASURES[measure].name} of a finished {method} cell")
     if floor is None or not floor["values"]:
         return _not_yet(label, floor["note"] if floor else "no clean cell")
     values = floor["values"]
@@ -182,7 +181,7 @@ def _floor_line(
                statistics.fmean(values), "floor_n": len(values), **numbers}  # fmt: skip
     answer = YES if yes else NO
     text = (
-        f"{label}: {answer}: mean {MEASURE_NAMES[measure]} {numbers['mean']:.3g} "
+        f"{label}: {answer}: mean {MEASURES[measure].name} {numbers['mean']:.3g} "
         f"(n = {len(uds)}) against the floor's {numbers['floor_mean']:.3g} "
         f"(n = {len(values)}), {test}"
     )
@@ -227,17 +226,17 @@ def _raises_line(ctx: _Context, entry: dict, method: str, setting: tuple[str, st
     why = _waiting(groups)
     if why:
         return _not_yet(label, why)
-    column = MEASURES[measure]
+    column = MEASURES[measure].column
     raised = finite_values(ctx.cells(setting, method, defense), column)
     base = finite_values(ctx.cells(setting, method, NO_DEFENSE), column)
     if not raised or not base:
-        return _not_yet(label, f"no {MEASURE_NAMES[measure]} of finished {method} cells")
+        return _not_yet(label, f"no {MEASURES[measure].name} of finished {method} cells")
     p = permutation_test(raised, base, "greater")
     answer = YES if p <= alpha else NO
     numbers = {"mean": statistics.fmean(raised), "n": len(raised),
                "base_mean": statistics.fmean(base), "base_n": len(base), "p": p}  # fmt: skip
     text = (
-        f"{label}: {answer}: mean {MEASURE_NAMES[measure]} {numbers['mean']:.3g} with {defense} "
+        f"{label}: {answer}: mean {MEASURES[measure].name} {numbers['mean']:.3g} with {defense} "
         f"(n = {len(raised)}) against {numbers['base_mean']:.3g} without (n = {len(base)}), "
         f"p (above) = {p:.3g}"
     )
@@ -253,7 +252,7 @@ def _spearman_line(ctx: _Context, entry: dict, setting: tuple[str, str]) -> Line
     why = _waiting({f"defense {defense}": rows})
     if why:
         return _not_yet(label, why)
-    rho, p, n = ud_accuracy_spearman(rows, MEASURES[measure], defense, "greater")
+    rho, p, n = ud_accuracy_spearman(rows, MEASURES[measure].column, defense, "greater")
     if math.isnan(rho):
         text = f"{label}: no: rho undefined (n = {n} cells with both; fewer than 3 or constant)"
         return Line(label, NO, text, {"n": n})
@@ -265,7 +264,7 @@ def _spearman_line(ctx: _Context, entry: dict, setting: tuple[str, str]) -> Line
 def _claim(entry: dict) -> str:
     """The hypothesis in words."""
     kind, alpha, defense = entry["kind"], entry["alpha"], entry["defense"]
-    what = MEASURE_NAMES[entry["measure"]]
+    what = MEASURES[entry["measure"]].name
     methods = ", ".join(entry.get("methods", []))
     if kind == "below_floor":
         return (f"{what} of {methods} below the clean floor (defense {defense}), each: "

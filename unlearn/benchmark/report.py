@@ -1,6 +1,6 @@
 """Collect a benchmark's finished cells into ``results.csv``, ``report.md`` and figures.
 
-Each cell has three UD measures (:data:`~unlearn.benchmark.grid.MEASURES`), each against the
+Each cell has three UD measures (:data:`~unlearn.benchmark.measures.MEASURES`), each against the
 clean cell of the same data, model, defense and seed: the headline count UD of ``sal.csv``
 (``ud``), and the exploratory count UDs of ``sal_heldout.csv`` (``ud_heldout``: SAL on clean
 held-out images) and of SAL / (L0 + 1) from ``sal.csv`` (``ud_scale_free``).
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from unlearn.benchmark.grid import CLEAN, MEASURES, Cell, Layout
+from unlearn.benchmark.grid import CLEAN, Cell, Layout
 from unlearn.benchmark.hypotheses import (
     Answer,
     evaluate,
@@ -34,6 +34,7 @@ from unlearn.benchmark.hypotheses import (
     hypotheses_section,
     ud_accuracy_spearman,
 )
+from unlearn.benchmark.measures import MEASURES
 from unlearn.benchmark.runner import load_json
 from unlearn.errors import UnlearnError
 from unlearn.io import write_text_atomic
@@ -63,24 +64,9 @@ RESULT_COLUMNS = [
     "fit_seconds",
     "poison_seconds",
     "error",
-    MEASURES["heldout"],
-    MEASURES["scale_free"],
+    MEASURES["heldout"].column,
+    MEASURES["scale_free"].column,
 ]
-#: Where each measure's SAL table comes from: the file beside ``sal.csv`` (``None``: that
-#: file itself) and what :meth:`SalTable.read` takes from it
-MEASURE_SOURCES: dict[str, tuple[str | None, str]] = {
-    "headline": (None, "sal"),
-    "heldout": ("sal_heldout.csv", "sal"),
-    "scale_free": (None, "scale_free"),
-}
-#: How the report names each measure
-MEASURE_LABELS = {
-    "headline": "Headline UD (count UD of sal.csv)",
-    "heldout": "Exploratory (a): held-out UD (count UD of sal_heldout.csv, SAL on clean "
-    "held-out images)",
-    "scale_free": "Exploratory (b): scale-free UD (count UD of SAL / (L0 + 1) from sal.csv)",
-}
-
 
 #: Level of the noise-floor test (one-sided "less", the pre-registered direction of H1)
 FLOOR_ALPHA = 0.05
@@ -104,9 +90,7 @@ FLOOR_COLUMNS = [
 
 def sal_path(layout: Layout, cell: Cell, measure: str = "headline") -> Path:
     """The SAL file of a cell's measure: ``sal.csv`` or the file beside it."""
-    name, _ = MEASURE_SOURCES[measure]
-    path = layout.sal_file(cell)
-    return path if name is None else path.with_name(name)
+    return layout.sal_file(cell).with_name(MEASURES[measure].sal_file)
 
 
 def _sal_table(layout: Layout, cell: Cell, measure: str = "headline") -> SalTable | None:
@@ -119,7 +103,7 @@ def _sal_table(layout: Layout, cell: Cell, measure: str = "headline") -> SalTabl
     path = sal_path(layout, cell, measure)
     if not path.is_file():
         return None
-    value = MEASURE_SOURCES[measure][1]
+    value = MEASURES[measure].value
     try:
         return SalTable.read(path, value=value)
     except UnlearnError:
@@ -141,7 +125,7 @@ def _add_ud(row: dict[str, Any], measure: str, clean: SalTable | None,
     """
     if clean is None or mine is None:
         return
-    column = MEASURES[measure]
+    column = MEASURES[measure].column
     try:
         measured = ud(clean, mine)
     except SalDivergedError as err:  # its SAL is nan/inf: never a UD value
@@ -249,7 +233,7 @@ def _floor_entry(
         entry["note"] = f"no floor: {err}"
         return entry
     for (d, m, name, f), group in groups.items():
-        uds = finite_values(group, MEASURES[measure])
+        uds = finite_values(group, MEASURES[measure].column)
         if (d, m, f) != where or name == CLEAN or not uds:
             continue
         found, p_less = verdict(uds, values, "less", FLOOR_ALPHA)
@@ -289,18 +273,13 @@ def floor_section(floors: Sequence[dict[str, Any]]) -> list[str]:
         return lines
     for measure in MEASURES:
         entries = [entry for entry in floors if entry["measure"] == measure]
-        lines += ["", f"### {MEASURE_LABELS[measure]}"]
+        lines += ["", f"### {MEASURES[measure].label}"]
         if all(not entry["seeds"] for entry in entries):
-            file = _sal_file_name(measure)
+            file = MEASURES[measure].sal_file
             lines += ["", f"No finished clean cell has a readable {file}: no floor."]
             continue
         lines += _floor_lines(entries)
     return lines
-
-
-def _sal_file_name(measure: str) -> str:
-    """The name of a measure's SAL file (``sal.csv`` or the one beside it)."""
-    return MEASURE_SOURCES[measure][0] or "sal.csv"
 
 
 def _floor_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
@@ -390,17 +369,17 @@ def exploratory_section(
         "none); scale-free, the count UD of SAL / (L0 + 1) from sal.csv. Exploratory: each has "
         "its own noise floor below."
     )
-    names = {"headline": "UD (headline)", "heldout": "UD held-out", "scale_free": "UD scale-free"}
     for data, model in dict.fromkeys((row["data"], row["model"]) for row in rows):
         lines += ["", f"### {data}, {model}", ""]
-        lines.append("| method | defense | " + " | ".join(names[m] for m in MEASURES) + " |")
+        headers = " | ".join(m.header for m in MEASURES.values())
+        lines.append(f"| method | defense | {headers} |")
         lines.append("|---|---|" + "---|" * len(MEASURES))
         for method in spec_methods:
             for defense in defenses:
                 group = groups.get((data, model, method, defense))
                 if not group:
                     continue
-                texts = [_ud_text(group, column) for column in MEASURES.values()]
+                texts = [_ud_text(group, m.column) for m in MEASURES.values()]
                 lines.append(f"| {method} | {defense} | " + " | ".join(texts) + " |")
     return lines
 
@@ -465,12 +444,12 @@ def markdown_report(
     if floors is not None:
         lines += floor_section(floors)
     lines += hypotheses_section(answers)
-    diverged = [row for row in rows if DIVERGED in (row.get(c) for c in MEASURES.values())]
+    diverged = [row for row in rows if DIVERGED in (row.get(m.column) for m in MEASURES.values())]
     if diverged:
         lines += ["", "## Diverged runs (SAL nan/inf: no UD of that measure)", ""]
         for row in diverged:
             cell_id = "__".join(str(row[k]) for k in KEY_COLUMNS)
-            which = [m for m, column in MEASURES.items() if row.get(column) == DIVERGED]
+            which = [name for name, m in MEASURES.items() if row.get(m.column) == DIVERGED]
             lines.append(f"- `{cell_id}` ({', '.join(which)}): {row['error']}")
     failed = [row for row in rows if row["status"] == "failed"]
     if failed:
