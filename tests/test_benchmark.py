@@ -206,7 +206,8 @@ def test_sigkilled_runner_takes_its_child_along_and_the_rerun_finishes(tmp_path:
     assert float(by_method["random"]["poison_seconds"]) > 0.0
     report = (out / "report.md").read_text()
     for section in ("test accuracy (%) | UD", "Correlation of UD and test accuracy",
-                    "Threshold robustness", "Failed cells", "ud_bars.png"):  # fmt: skip
+                    "Robustness variants", "parameter-weighted", "Failed cells",
+                    "ud_bars.png"):  # fmt: skip
         assert section in report
     for figure in ("ud_bars.png", "ud_curves.png", "sal_heatmaps.png"):
         assert (out / figure).stat().st_size > 1000

@@ -128,8 +128,16 @@ def test_errors_name_the_input(
         permutation_test(values, floor, alternative)  # type: ignore[arg-type]
 
 
-def write_grid(root: Path, seeds: list[int], sal: dict[tuple[str, int], list[float]]) -> Layout:
-    """A benchmark tree with finished cells (metrics.json, sal.csv), no training."""
+def write_grid(
+    root: Path,
+    seeds: list[int],
+    sal: dict[tuple[str, int], list[float]],
+    numel: tuple[int, ...] = (10, 10, 10, 10),
+) -> Layout:
+    """A benchmark tree with finished cells (metrics.json, sal.csv), no training.
+
+    ``numel``: the parameter count of each layer of ``LAYERS``.
+    """
     spec = BenchmarkSpec(
         name="floor",
         train_configs={"digits": "configs/quickstart.yaml"},
@@ -144,9 +152,28 @@ def write_grid(root: Path, seeds: list[int], sal: dict[tuple[str, int], list[flo
         with layout.sal_file(cell).open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(SAL_COLUMNS)
-            for name, value in zip(LAYERS, sal[(cell.method, cell.seed)], strict=True):
-                writer.writerow([0, 7, name, 10, value, value, 0.0, 0.0, 2.0, 0.1])
+            values = sal[(cell.method, cell.seed)]
+            for name, n, value in zip(LAYERS, numel, values, strict=True):
+                writer.writerow([0, 7, name, n, value, value, 0.0, 0.0, 2.0, 0.1])
     return layout
+
+
+def test_report_shows_the_parameter_weighted_ud_beside_the_headline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    # beta 0.5 (clusters {0, 0} and {1, 1}); clean LP {c, d}, em LP {b, c}: count UD 2 / 2 = 1;
+    # weighted by parameters (d holds 100): (10 + 10) / (10 + 100) = 0.18
+    sal = {("clean", 0): [0, 0, 1, 1], ("em", 0): [0, 1, 1, 0], ("random", 0): [0, 0, 1, 1]}
+    layout = write_grid(tmp_path / "bench", [0], sal, numel=(10, 10, 10, 100))
+    text = write_report(layout).read_text()
+    section = text.split("## Robustness variants of the headline UD")[1]
+    header = next(line for line in section.splitlines() if line.startswith("| data"))
+    assert header.split(" | ")[4:6] == ["2-means (headline)", "2-means, parameter-weighted"]
+    row = next(
+        line for line in section.splitlines() if line.startswith("| digits | small_cnn | em")
+    )
+    assert row.split(" | ")[4:6] == ["1.00", "0.18"]
 
 
 CLEAN_SEEDS = {0: [0, 0, 1, 1], 1: [0, 1, 1, 1], 2: [0, 0, 0, 1]}  # A, B, C above

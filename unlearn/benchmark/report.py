@@ -44,6 +44,9 @@ from unlearn.sharpness.ud import SalDivergedError, SalTable, ud
 #: UD threshold variants, as ``(column suffix, label)``; "" is the 2-means beta
 THRESHOLDS = (("", "2-means"), ("_3means", "3-means"), ("_p50", "p50"), ("_p75", "p75"),
               ("_p90", "p90"))  # fmt: skip
+#: results.csv columns of the robustness table, headline first: (column, heading)
+VARIANTS = (("ud", "2-means (headline)"), ("ud_weighted", "2-means, parameter-weighted"),
+            *((f"ud{suffix}", title) for suffix, title in THRESHOLDS[1:]))  # fmt: skip
 KEY_COLUMNS = ["data", "model", "method", "defense", "seed"]
 #: The ``ud`` of a cell whose SAL is nan/inf (a diverged training)
 DIVERGED = "diverged"
@@ -431,15 +434,19 @@ def markdown_report(
             f"Spearman's rho = {rho:.3f} (p = {p:.3g}, n = {n} cells). A positive rho means "
             "runs that keep more learnable layers also reach higher clean accuracy."
         )
-    lines += ["", "## Threshold robustness: UD under other thresholds (mean over seeds)", ""]
+    lines += ["", "## Robustness variants of the headline UD (mean ± std over seeds)", ""]
     lines.append(
-        "| data | model | method | defense | " + " | ".join(t for _, t in THRESHOLDS) + " |"
+        "The headline is the count UD at the 2-means threshold; beside it the same threshold "
+        "with each layer weighted by its parameter count, and the count UD under other "
+        "thresholds (3-means, percentiles of the clean run's SAL)."
     )
-    lines.append("|---|---|---|---|" + "---|" * len(THRESHOLDS))
+    lines.append("")
+    lines.append("| data | model | method | defense | " + " | ".join(t for _, t in VARIANTS) + " |")
+    lines.append("|---|---|---|---|" + "---|" * len(VARIANTS))
     for (data, model, method, defense), group in groups.items():
         if method == CLEAN:
             continue
-        values = [mean_std(finite_values(group, f"ud{suffix}")) for suffix, _ in THRESHOLDS]
+        values = [mean_std(finite_values(group, column)) for column, _ in VARIANTS]
         lines.append(f"| {data} | {model} | {method} | {defense} | " + " | ".join(values) + " |")
     if floors is not None:
         lines += floor_section(floors)
