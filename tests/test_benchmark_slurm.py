@@ -14,7 +14,7 @@ import pytest
 from test_benchmark import TINY_FIT_ARGS, layout_of, main_in_process, tiny_grid
 
 from unlearn.benchmark.check import Footprint
-from unlearn.benchmark.runner import FAILED, Runner
+from unlearn.benchmark.runner import FAILED, RAN, Runner
 from unlearn.benchmark.slurm import array_spec, srun_prefix
 
 #: separates the recorded arguments of one call (never inside an argument here)
@@ -210,3 +210,44 @@ def test_array_tasks_skip_clean_up_record_failures_and_finish_after_resubmission
     assert not partial.exists() and not layout.error_file(random_cell).exists()
     assert layout.metrics_file(random_cell).is_file()
     assert _calls(record, "srun") == []  # one process per cell: no srun
+
+
+@pytest.mark.slow
+def test_a_poison_made_again_is_compared_with_the_earlier_one(tmp_path: Path) -> None:
+    """A later session on a fresh machine has the committed ``meta.json`` of a poison but
+    not its ``poison.pt``: the runner makes it again and records, from the content hash,
+    whether the finished cells used the same perturbation."""
+    config = tiny_grid(tmp_path, ["random"])
+    layout = layout_of(config, tmp_path / "out")
+    poison = layout.poison_dir(layout.cells()[0])
+    lines: list[str] = []
+    runner = Runner(layout, echo=lines.append)
+    meta_file = poison / "meta.json"
+
+    def make_again(earlier: dict) -> dict:
+        (poison / "poison.pt").unlink()
+        meta_file.write_text(json.dumps(earlier))
+        lines.clear()
+        assert runner.run_poison(1) == RAN
+        return json.loads(meta_file.read_text())
+
+    assert runner.run_poison(1) == RAN
+    first = json.loads(meta_file.read_text())
+    assert len(first["delta_sha256"]) == 64 and "remade" not in first
+
+    again = make_again(first)  # the random poison is seeded: the same perturbation
+    assert again["delta_sha256"] == first["delta_sha256"]
+    assert again["remade"] == {
+        "earlier_created": first["created"],
+        "earlier_delta_sha256": first["delta_sha256"],
+        "identical": True,
+    }
+    assert not any("WARNING" in line for line in lines)
+
+    other = make_again({**first, "delta_sha256": "0" * 64})
+    assert other["remade"]["identical"] is False
+    assert any("differs from the one made" in line for line in lines), lines
+
+    unhashed = make_again({k: v for k, v in first.items() if k != "delta_sha256"})
+    assert unhashed["remade"]["identical"] is None
+    assert any("cannot be told" in line for line in lines), lines

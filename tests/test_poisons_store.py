@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -187,7 +188,8 @@ def test_an_interrupted_save_keeps_the_old_poison(
     assert old["meta"]["method"] == "old" and torch.equal(old["delta"], delta.half())
     assert json.loads((tmp_path / "p" / "meta.json").read_text())["method"] == "new"
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["meta.json", "poison.pt"]
-    with pytest.raises(PoisonStoreError, match=r"contradicts .* \['method'\]"):
+    # the new meta.json names another perturbation (its hash) and method than the old poison.pt
+    with pytest.raises(PoisonStoreError, match=r"contradicts .* \['delta_sha256', 'method'\]"):
         load_poison(tmp_path / "p", expected=info)
     save_poison(tmp_path / "p", -delta, torch.arange(40), _meta(info, method="new"))
     assert load_poison(tmp_path / "p", expected=info).meta["method"] == "new"
@@ -232,6 +234,24 @@ def test_meta_json_must_agree_with_poison_pt(tmp_path: Path) -> None:
         load_poison(path.parent)
     meta_file.unlink()  # the meta inside poison.pt is authoritative
     assert load_poison(path.parent).meta["params"] == {"steps": [1, 2]}
+
+
+def test_the_meta_holds_the_content_hash_of_the_stored_perturbation(tmp_path: Path) -> None:
+    stored = load_poison(_small_store(tmp_path / "a"))
+    digest = stored.meta["delta_sha256"]
+    assert json.loads((tmp_path / "a" / "meta.json").read_text())["delta_sha256"] == digest
+    assert (
+        digest
+        == hashlib.sha256(
+            stored.delta.numpy().tobytes() + stored.indices.numpy().tobytes()
+        ).hexdigest()
+    )
+    assert load_poison(_small_store(tmp_path / "b")).meta["delta_sha256"] == digest  # same
+    meta = {k: v for k, v in stored.meta.items() if k not in ("version", "delta_sha256")}
+    changed = torch.full((4, 1, 2, 2), 0.25)
+    changed[3, 0, 1, 1] = 0.125  # one value of one sample
+    other = load_poison(save_poison(tmp_path / "c", changed, torch.arange(4), meta))
+    assert other.meta["delta_sha256"] != digest
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from unlearn.benchmark.child import exit_on_signals, kill_marked, run_logged
 from unlearn.benchmark.grid import Cell, Layout, shell_line
 from unlearn.benchmark.lock import FileLock
 from unlearn.benchmark.slurm import srun_prefix
+from unlearn.data.poison_store import META_FILE, POISON_FILE
 from unlearn.errors import UnlearnError
 from unlearn.io import write_json_atomic
 
@@ -152,6 +153,7 @@ class Runner:
         marker = str(poison.resolve())
         kill_marked(marker)  # a killed runner's leftovers must not write next to this run
         log = self.layout.poison_log(poison)
+        earlier = _earlier_meta(poison)
         start = time.perf_counter()
         code, tail = run_logged(command, log, self.timeout, marker)
         if code != 0 or not _poison_ready(poison):
@@ -167,7 +169,41 @@ class Runner:
         write_json_atomic(
             self.layout.poison_timing(poison), {"seconds": time.perf_counter() - start}
         )
+        if earlier is not None:
+            self._record_remake(poison, earlier)
         return None
+
+    def _record_remake(self, poison: Path, earlier: dict) -> None:
+        """Compare a poison made again with the ``meta.json`` an earlier make left.
+
+        A later session on a fresh machine makes a poison again (``poison.pt`` is not
+        committed, its ``meta.json`` is): the cells finished before used the earlier one. The
+        new ``meta.json`` records the earlier digest and whether the two are identical;
+        the runner warns when they differ or cannot be compared.
+        """
+        meta_file = poison / META_FILE
+        meta = json.loads(meta_file.read_text())
+        before, now = earlier.get("delta_sha256"), meta.get("delta_sha256")
+        identical = None if before is None or now is None else before == now
+        meta["remade"] = {
+            "earlier_created": earlier.get("created"),
+            "earlier_delta_sha256": before,
+            "identical": identical,
+        }
+        write_json_atomic(meta_file, meta)
+        when = earlier.get("created", "an unknown time")
+        if identical is None:
+            self.echo(
+                f"  WARNING: poison {poison.name} was made again; the earlier one (made "
+                f"{when}) recorded no delta_sha256, so whether the cells finished with it "
+                "used the same perturbation cannot be told"
+            )
+        elif not identical:
+            self.echo(
+                f"  WARNING: poison {poison.name} was made again and differs from the one "
+                f"made {when} (delta_sha256 {before[:12]} -> {now[:12]}): the cells "
+                "finished before used the earlier perturbation"
+            )
 
     def _fit(self, cell: Cell) -> dict | None:
         marker = str(self.layout.cell_dir(cell).resolve())
@@ -188,7 +224,19 @@ class Runner:
 
 
 def _poison_ready(poison: Path) -> bool:
-    return (poison / "poison.pt").is_file() and (poison / "meta.json").is_file()
+    return (poison / POISON_FILE).is_file() and (poison / META_FILE).is_file()
+
+
+def _earlier_meta(poison: Path) -> dict | None:
+    """The ``meta.json`` of an earlier make whose ``poison.pt`` is gone, else ``None``."""
+    meta_file = poison / META_FILE
+    if (poison / POISON_FILE).is_file() or not meta_file.is_file():
+        return None
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def _numbered(items: list[Cell], number: int, flag: str, what: str) -> Cell:

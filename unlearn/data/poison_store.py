@@ -19,9 +19,10 @@ methods (:mod:`unlearn.poisons`) write it. :mod:`unlearn.poisons.store` re-expor
 ``dataset``, ``split``, ``num_samples``, ``image_shape``, ``fingerprint``, ``seed``,
 ``poison_ratio``, ``version`` and ``params`` (the method's settings), and ``train_subset``
 (the data module's training subset, ``None`` for the full split; a store without the key
-was made for the full split). The meta inside ``poison.pt`` is authoritative;
-:func:`load_poison` refuses a ``meta.json`` beside it that says otherwise (a missing
-``meta.json`` is allowed).
+was made for the full split). :func:`save_poison` adds ``delta_sha256``
+(:func:`perturbation_digest`, the stored perturbation's content hash). The meta inside
+``poison.pt`` is authoritative; :func:`load_poison` refuses a ``meta.json`` beside it
+that says otherwise (a missing ``meta.json`` is allowed).
 
 ``fingerprint`` is the data source's (``unlearn.data.datasets``): plain hex for in-memory
 data (a hash of the pixels), ``"content:<hex>"`` or ``"stat:<hex>"`` for file-backed data.
@@ -34,6 +35,7 @@ so that the rounded perturbation still satisfies the budget exactly.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import pickle
@@ -176,6 +178,22 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def perturbation_digest(delta: Tensor, indices: Tensor) -> str:
+    """SHA-256 (hex) of a stored perturbation: the bytes of ``delta`` and ``indices``.
+
+    Two stores with the same digest poison the same samples with the same values, so a
+    poison made again (a later session on another machine) can be told from the first.
+
+    Args:
+        delta: the stored ``float16 [M, C, H, W]``.
+        indices: ``int64 [M]``.
+    """
+    digest = hashlib.sha256()
+    for tensor in (delta, indices):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_poison(
     directory: str | Path,
     delta: Tensor,
@@ -214,11 +232,14 @@ def save_poison(
         )
     order = indices.long().argsort()
     indices, delta = indices.long()[order], delta[order]
+    stored_delta = quantize_delta(delta, meta["norm"], float(meta["eps"]))
+    stored_indices = indices.cpu().contiguous()
+    meta["delta_sha256"] = perturbation_digest(stored_delta, stored_indices)
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "delta": quantize_delta(delta, meta["norm"], float(meta["eps"])),
-        "indices": indices.cpu().contiguous(),
+        "delta": stored_delta,
+        "indices": stored_indices,
         "class_patterns": None
         if class_patterns is None
         else class_patterns.detach().cpu().to(torch.float16),
