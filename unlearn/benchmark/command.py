@@ -70,6 +70,20 @@ def spec_from(cfg: Namespace) -> BenchmarkSpec:
     return BenchmarkSpec(**values)
 
 
+def layout_of_config(config: str | Path) -> Layout:
+    """The layout of a benchmark config's output directory, for scripts that read a grid.
+
+    The spec is checked; the directory is ``output_dir``, default ``runs/benchmark/<name>``.
+    """
+    spec = spec_from(build_parser().parse_args(["--config", str(config)]))
+    spec.check()
+    return _layout(spec)
+
+
+def _layout(spec: BenchmarkSpec) -> Layout:
+    return Layout(Path(spec.output_dir or Path("runs") / "benchmark" / spec.name), spec)
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m unlearn benchmark``."""
     cfg = build_parser().parse_args(list(args) if args is not None else None)
@@ -79,8 +93,7 @@ def main(args: Sequence[str] | None = None) -> None:
     check_number("", "--cell_timeout", cfg.cell_timeout, above=0)
     spec = spec_from(cfg)
     spec.check()
-    root = Path(spec.output_dir or Path("runs") / "benchmark" / spec.name)
-    layout = Layout(root, spec)
+    layout = _layout(spec)
     try:
         _run(cfg, layout)
     except KeyboardInterrupt:
