@@ -100,6 +100,19 @@ def write_settings(csv_path: Path, **changes: object) -> Path:
     return path
 
 
+def test_the_divergence_warning_names_the_instance_s_own_files(tmp_path: Path) -> None:
+    """A second SAL instance (``name: sal_b``) writes ``sal_b.csv`` and ``sal_b.json``; its
+    warning must send the user there, not to the first instance's ``sal.csv``."""
+    with pytest.warns(SalWarning, match=r"SAL is nan/inf at epoch \d+") as caught:
+        trainer = fit(tmp_path, [SharpnessCallback(**SMALL, name="sal_b")], epochs=2, lr=1000.0)
+    diverged = [str(w.message) for w in caught if str(w.message).startswith("SAL is nan/inf")]
+    assert diverged and (Path(trainer.log_dir) / "sal_b.csv").is_file()
+    for message in diverged:
+        assert "Written as such to sal_b.csv (and listed under non_finite in sal_b.json)" in (
+            message
+        ), message
+
+
 def assert_sal_scalars_finite(scalars: dict[str, list[tuple[int, float]]]) -> None:
     sal_tags = [t for t in scalars if t.split("/")[0] in ("sal", "lp", "ud", "similarity")]
     for tag in sal_tags:

@@ -213,6 +213,7 @@ class SharpnessCallback(Callback):
             layers=layers,
             reference=reference,
             first_order=first_order,
+            table=self.filename,
         )
         try:  # read now: a bad file stops the run before it has written anything
             found = self.monitor.reference

@@ -47,6 +47,7 @@ from unlearn.sharpness.sal import (
 )
 from unlearn.sharpness.sal_csv import columns_of
 from unlearn.sharpness.shard import Unit, gather_rows, layer_costs, split_layers
+from unlearn.sharpness.sidecar import sidecar_path
 from unlearn.sharpness.ud import TASK_COLUMN, SalTable
 
 #: The probe pairs ``(inputs [B, ...], targets [B, ...])`` of each task (``None``: the single
@@ -107,6 +108,8 @@ class SalMonitor:
         reference: A clean run's ``sal.csv`` (a multi-task run's for a multi-task module);
             enables UD. Read at its first use (see :attr:`reference`).
         first_order: Also report the first-order estimate's rank agreement with the SAL.
+        table: The name of the file the rows are written to (and, beside it, its sidecar),
+            as the warnings name them.
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class SalMonitor:
         layers: LayerFilter = None,
         reference: str | Path | None = None,
         first_order: bool = False,
+        table: str = "sal.csv",
     ) -> None:
         self.settings = settings or SALSettings()
         self.probe = probe or ProbeSettings()
@@ -124,6 +128,7 @@ class SalMonitor:
         self.reference_path = reference
         self._reference: SalReference | None = None
         self.first_order = first_order
+        self.table = table
         #: Every ``sal.csv`` row so far, in order (the state saved in checkpoints).
         self.rows: list[dict[str, Any]] = []
         self._references: dict[str | None, SalTable] | None = None
@@ -364,7 +369,8 @@ class SalMonitor:
             warnings.warn(
                 f"SAL is nan/inf at epoch {rows[0]['epoch']} (step {rows[0]['step']}) in "
                 f"layer(s) {layers}: the training has diverged there. Written as such to "
-                f"sal.csv (and listed under non_finite in sal.json); not logged for this "
+                f"{self.table} (and listed under non_finite in "
+                f"{sidecar_path(self.table).name}); not logged for this "
                 f"checkpoint: {kept or 'those layers'}. SAL does not stop the training.",
                 SalWarning,
                 stacklevel=3,
