@@ -204,6 +204,11 @@ def test_sigkilled_runner_takes_its_child_along_and_the_rerun_finishes(tmp_path:
     assert float(by_method["clean"]["ud"]) == 1.0  # the reference against itself
     assert float(by_method["random"]["ud"]) >= 0.0
     assert float(by_method["random"]["poison_seconds"]) > 0.0
+    # the cell records the poison it trained on: the hash of the store beside it
+    meta = json.loads((layout.poison_dir(random_cell) / "meta.json").read_text())
+    used = json.loads(layout.poison_used_file(random_cell).read_text())
+    assert used["delta_sha256"] == meta["delta_sha256"] == by_method["random"]["poison_sha256"]
+    assert not layout.poison_used_file(clean).exists() and by_method["clean"]["poison_sha256"] == ""
     report = (out / "report.md").read_text()
     for section in ("test accuracy (%) | UD", "Correlation of UD and test accuracy",
                     "Robustness variants", "parameter-weighted", "Failed cells",

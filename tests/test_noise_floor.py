@@ -217,3 +217,33 @@ def test_benchmark_report_floor_needs_two_seeds(
         "table; found 1." in section
     )
     assert read_rows(layout.root / "floor.csv") == []
+
+
+def test_report_flags_a_method_whose_seeds_trained_on_different_poisons(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poison made again on another machine can differ: the report must say so, not
+    average the seeds as if they shared one poison."""
+    monkeypatch.chdir(REPO)
+    sal = {(m, s): v for m in ("clean", "em", "random") for s, v in CLEAN_SEEDS.items()}
+    layout = write_grid(tmp_path / "bench", [0, 1, 2], sal)
+    hashes = {("em", 0): "a" * 64, ("em", 1): "a" * 64, ("em", 2): "b" * 64}
+    hashes |= {("random", s): "c" * 64 for s in CLEAN_SEEDS}
+    for cell in layout.cells():
+        if cell.method != "clean":
+            record = {"poison": "p", "delta_sha256": hashes[(cell.method, cell.seed)],
+                      "created": f"day {cell.seed if cell.method == 'em' else 0}"}  # fmt: skip
+            layout.poison_used_file(cell).write_text(json.dumps(record))
+    text = write_report(layout).read_text()
+    rows = {(r["method"], r["seed"]): r for r in read_rows(layout.root / "results.csv")}
+    assert rows[("em", "2")]["poison_sha256"] == "b" * 64
+    section = text.split("## Poisons the cells trained on")[1].split("\n## ")[0]
+    em = next(line for line in section.splitlines() if ", em:" in line)
+    # seeds 0 and 1: the same perturbation made twice (same hash) is one poison
+    assert em.startswith("- **digits, em: 2 poisons, not known to be the same**"), em
+    assert "`aaaaaaaaaaaa` made day 0, day 1 (s0 none, s1 none)" in em
+    assert "`bbbbbbbbbbbb` made day 2 (s2 none)" in em
+    random = next(line for line in section.splitlines() if ", random:" in line)
+    assert random == (
+        "- digits, random: one poison, `cccccccccccc` made day 0 (s0 none, s1 none, s2 none)"
+    )

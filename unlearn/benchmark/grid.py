@@ -339,6 +339,10 @@ class Layout:
         """The SAL log of the cell's run."""
         return self.run_dir(cell) / "sal.csv"
 
+    def poison_used_file(self, cell: Cell) -> Path:
+        """Which poison a finished poisoned cell trained on (written by the runner)."""
+        return self.run_dir(cell) / "poison.json"
+
     def error_file(self, cell: Cell) -> Path:
         """Written when the cell failed."""
         return self.cell_dir(cell) / "error.json"

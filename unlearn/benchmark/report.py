@@ -69,6 +69,8 @@ RESULT_COLUMNS = [
     "error",
     MEASURES["heldout"].column,
     MEASURES["scale_free"].column,
+    "poison_sha256",
+    "poison_created",
 ]
 
 #: Level of the noise-floor test (one-sided "less", the pre-registered direction of H1)
@@ -179,6 +181,9 @@ def collect(layout: Layout) -> list[dict[str, Any]]:
         if poison is not None:
             timing = load_json(poison.parent / f"{poison.name}.seconds.json")
             row["poison_seconds"] = round(timing["seconds"], 1) if timing else ""
+            used = load_json(layout.poison_used_file(cell)) or {}
+            row["poison_sha256"] = used.get("delta_sha256") or ""
+            row["poison_created"] = used.get("created") or ""
         for measure in MEASURES:
             clean = tables.get((cell.reference(), measure))
             _add_ud(row, measure, clean, tables[(cell, measure)])
@@ -448,6 +453,7 @@ def markdown_report(
             continue
         values = [mean_std(finite_values(group, column)) for column, _ in VARIANTS]
         lines.append(f"| {data} | {model} | {method} | {defense} | " + " | ".join(values) + " |")
+    lines += poisons_section(rows)
     if floors is not None:
         lines += floor_section(floors)
     lines += hypotheses_section(answers)
@@ -474,6 +480,49 @@ def markdown_report(
             f"Training time: {sum(seconds) / 60:.1f} min in all (fit incl. SAL and test).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def poisons_section(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The "Poisons the cells trained on" lines of the report.
+
+    Per data and method, the distinct poisons (content hash and creation time) of its
+    finished cells. A method whose cells trained on more than one, or on one whose hash was
+    not recorded, is flagged: its spread over seeds then holds the poison's too.
+    """
+    # one poison per content hash; without a hash, one per creation time
+    used: dict[tuple[str, str], dict[str, tuple[set[str], list[str]]]] = defaultdict(dict)
+    for row in rows:
+        if row["method"] == CLEAN or row["status"] != "ok":
+            continue
+        sha, created = row["poison_sha256"], row["poison_created"]
+        made, labels = used[(row["data"], row["method"])].setdefault(
+            sha or f"unrecorded {created}", (set(), [])
+        )
+        made.add(created or "at an unrecorded time")
+        labels.append(f"s{row['seed']} {row['defense']}")
+    if not used:
+        return []
+    lines = ["", "## Poisons the cells trained on", ""]
+    lines.append(
+        "Each poisoned cell records the poison it trained on (`run/poison.json`: the content "
+        "hash of the stored perturbation and when it was made). A grid run over several "
+        "machines makes its poisons again on each, and a poison made again elsewhere can "
+        "differ (floating-point results differ between CPUs)."
+    )
+    lines.append("")
+    for (data, method), groups in used.items():
+        parts = []
+        for key, (made, labels) in groups.items():
+            what = "hash not recorded" if key.startswith("unrecorded") else f"`{key[:12]}`"
+            parts.append(f"{what} made {', '.join(sorted(made))} ({', '.join(labels)})")
+        if len(groups) == 1:
+            lines.append(f"- {data}, {method}: one poison, {parts[0]}")
+        else:
+            lines.append(
+                f"- **{data}, {method}: {len(groups)} poisons, not known to be the same** "
+                "(the spread over its seeds holds the poisons' too): " + "; ".join(parts)
+            )
+    return lines
 
 
 def make_figures(

@@ -206,6 +206,9 @@ class Runner:
             )
 
     def _fit(self, cell: Cell) -> dict | None:
+        poison = self.layout.poison_dir(cell)
+        # read before the fit: the poison the fit loads (a poison is never remade under it)
+        used = None if poison is None else poison_record(poison)
         marker = str(self.layout.cell_dir(cell).resolve())
         kill_marked(marker)  # a killed runner's leftovers must not write next to this run
         run_dir = self.layout.run_dir(cell)
@@ -220,7 +223,25 @@ class Runner:
                 "returncode": code,
                 "output": tail,
             }
+        if used is not None:
+            write_json_atomic(self.layout.poison_used_file(cell), used)
         return None
+
+
+def poison_record(poison: Path) -> dict:
+    """What a cell records of the poison it trains on, from the poison's ``meta.json``.
+
+    Keys: ``poison`` (the directory's name), ``delta_sha256`` (``None`` for a poison made
+    before stores held it) and ``created``. A grid that spans machines makes its poisons
+    again on each (``poison.pt`` is not committed), and a poison made again on another
+    machine can differ, so each cell says which one it used.
+    """
+    meta = load_json(poison / META_FILE) or {}
+    return {
+        "poison": poison.name,
+        "delta_sha256": meta.get("delta_sha256"),
+        "created": meta.get("created"),
+    }
 
 
 def _poison_ready(poison: Path) -> bool:
@@ -229,11 +250,10 @@ def _poison_ready(poison: Path) -> bool:
 
 def _earlier_meta(poison: Path) -> dict | None:
     """The ``meta.json`` of an earlier make whose ``poison.pt`` is gone, else ``None``."""
-    meta_file = poison / META_FILE
-    if (poison / POISON_FILE).is_file() or not meta_file.is_file():
+    if (poison / POISON_FILE).is_file():
         return None
     try:
-        meta = json.loads(meta_file.read_text())
+        meta = load_json(poison / META_FILE)
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
