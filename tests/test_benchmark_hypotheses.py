@@ -165,7 +165,9 @@ def test_each_measure_has_its_hand_ud(tmp_path: Path, monkeypatch: pytest.Monkey
     layout = write_layout(tmp_path / "bench", spec())
     write_report(layout)
     rows = read_rows(layout.root / "results.csv")
-    assert list(rows[0])[-3:] == ["error", "ud_heldout", "ud_scale_free"]  # appended
+    assert list(rows[0])[-5:] == [  # appended, in this order, after the older columns
+        "error", "ud_heldout", "ud_scale_free", "poison_sha256", "poison_created"
+    ]  # fmt: skip
     none = {(r["method"], int(r["seed"])): r for r in rows if r["defense"] == "none"}
     for column, expected in (("ud", HEADLINE), ("ud_heldout", HELDOUT),
                              ("ud_scale_free", SCALE_FREE)):  # fmt: skip
