@@ -16,6 +16,7 @@ from test_benchmark import TINY_FIT_ARGS, layout_of, main_in_process, tiny_grid
 from unlearn.benchmark.check import Footprint
 from unlearn.benchmark.runner import FAILED, RAN, Runner
 from unlearn.benchmark.slurm import array_spec, srun_prefix
+from unlearn.data.poison_store import load_poison
 
 #: separates the recorded arguments of one call (never inside an argument here)
 SEP = "\x1f"
@@ -229,7 +230,12 @@ def test_a_poison_made_again_is_compared_with_the_earlier_one(tmp_path: Path) ->
         meta_file.write_text(json.dumps(earlier))
         lines.clear()
         assert runner.run_poison(1) == RAN
-        return json.loads(meta_file.read_text())
+        load_poison(poison)  # meta.json still agrees with the meta inside poison.pt
+        meta = json.loads(meta_file.read_text())
+        return {
+            **meta,
+            "remade": json.loads((poison.parent / f"{poison.name}.remade.json").read_text()),
+        }
 
     assert runner.run_poison(1) == RAN
     first = json.loads(meta_file.read_text())

@@ -178,19 +178,19 @@ class Runner:
 
         A later session on a fresh machine makes a poison again (``poison.pt`` is not
         committed, its ``meta.json`` is): the cells finished before used the earlier one. The
-        new ``meta.json`` records the earlier digest and whether the two are identical;
+        record ``<poison>.remade.json`` holds the earlier digest and whether the two match;
         the runner warns when they differ or cannot be compared.
         """
-        meta_file = poison / META_FILE
-        meta = json.loads(meta_file.read_text())
+        meta = json.loads((poison / META_FILE).read_text())
         before, now = earlier.get("delta_sha256"), meta.get("delta_sha256")
         identical = None if before is None or now is None else before == now
-        meta["remade"] = {
+        # beside the store, not in meta.json: that must equal the meta inside poison.pt
+        record = {
             "earlier_created": earlier.get("created"),
             "earlier_delta_sha256": before,
             "identical": identical,
         }
-        write_json_atomic(meta_file, meta)
+        write_json_atomic(poison.parent / f"{poison.name}.remade.json", record)
         when = earlier.get("created", "an unknown time")
         if identical is None:
             self.echo(
